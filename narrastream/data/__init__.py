@@ -1,0 +1,18 @@
+"""Benchmark scripts: loading, validation, taxonomy, export."""
+
+from narrastream.data.loader import (
+    Benchmark,
+    DataSourceError,
+    ScriptFileError,
+    load_benchmark,
+    parse_script_file,
+    select_scripts,
+    sha256_file,
+)
+from narrastream.data.script import Script
+from narrastream.data.taxonomy import Taxonomy, load_taxonomy
+
+__all__ = [
+    "Benchmark", "DataSourceError", "Script", "ScriptFileError", "Taxonomy", "load_benchmark",
+    "load_taxonomy", "parse_script_file", "select_scripts", "sha256_file",
+]

@@ -1,0 +1,97 @@
+"""The metric interface: ``Metric.compute(SegmentedVideo, MetricContext) -> MetricResult``.
+
+A metric holds only its protocol constants (from ``eval_configs/protocol/``); models arrive through
+``ctx.backbones`` (loaded once per process), and narrative annotations through ``ctx``. Formulas live
+as pure functions in ``narrastream/metrics/functional/`` so they can be tested on hand-made numbers.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Sequence
+
+from narrastream.registry import Registry
+
+if TYPE_CHECKING:  # keep this module importable without torch
+    from narrastream.data.script import Script
+    from narrastream.metrics.backbones.provider import BackboneProvider
+    from narrastream.video.segments import SegmentedVideo
+
+Status = Literal["ok", "fallback", "failed", "skipped"]
+STATUSES: tuple[str, ...] = ("ok", "fallback", "failed", "skipped")
+
+
+@dataclass
+class MetricResult:
+    """One metric on one video.
+
+    ``score`` is in the metric's range (0..1) or None; ``status`` is ``fallback`` when any part of
+    the computation used a fallback (listed in ``fallbacks``), ``failed`` when no score could be
+    computed (``reason`` says why). ``items`` are the per-segment or per-transition values.
+    """
+
+    score: float | None
+    status: Status = "ok"
+    reason: str | None = None
+    items: list[dict[str, Any]] = field(default_factory=list)
+    fallbacks: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"unknown status {self.status!r}")
+        if self.status == "ok" and self.fallbacks:
+            self.status = "fallback"
+        if self.status in ("ok", "fallback") and self.score is None:
+            raise ValueError("an ok/fallback result needs a score")
+
+    @classmethod
+    def failed(cls, reason: str, **details: Any) -> "MetricResult":
+        return cls(score=None, status="failed", reason=reason, details=details)
+
+
+@dataclass
+class MetricContext:
+    """Everything a metric may use besides the video: models, the script, annotations."""
+
+    script: "Script"
+    backbones: "BackboneProvider"
+    #: planner segment-importance weights for this script (len == #prompts), or None
+    segment_weights: Sequence[float] | None = None
+    annotations: Mapping[str, Any] | None = None
+
+
+class Metric(ABC):
+    """Base class of the protocol metrics.
+
+    Class attributes declare behaviour (torchmetrics style): ``dimension``, ``higher_is_better``,
+    ``score_range``, the ``backbones`` it needs, and ``version``, which changes whenever the way
+    the score is computed changes (it is stored in every record).
+    """
+
+    name: ClassVar[str] = ""
+    dimension: ClassVar[str] = ""
+    version: ClassVar[str] = ""
+    higher_is_better: ClassVar[bool] = True
+    score_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    backbones: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, **params: Any) -> None:
+        self.params = dict(params)
+
+    @abstractmethod
+    def compute(self, video: "SegmentedVideo", ctx: MetricContext) -> MetricResult:
+        """Score one segmented video."""
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "params": self.params}
+
+
+METRICS: Registry[Metric] = Registry("metric", Metric, entry_point_group="narrastream.metrics")
+METRICS.add("narrastream.metrics.quality.subject_consistency:SubjectConsistency", "subject_consistency")
+METRICS.add("narrastream.metrics.quality.background_consistency:BackgroundConsistency", "background_consistency")
+
+
+def build_metric(name: str, params: Mapping[str, Any] | None = None) -> Metric:
+    return METRICS.get(name)(**dict(params or {}))
