@@ -131,6 +131,10 @@ def write_json_atomic(path: Path, data: Any) -> None:
 class GenerationError(RuntimeError):
     """A generator could not produce a video for one request; recorded, never swallowed."""
 
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.details = details
+
 
 class Generator(ABC):
     """Base class of every adapter.
@@ -161,8 +165,11 @@ class Generator(ABC):
     #: whether the harness copies the result into runs/<run>/videos (False for precomputed)
     writes_files: ClassVar[bool] = True
 
-    def prepare(self, scripts: Sequence[Script]) -> None:
-        """Called once with every selected script before any generation; check inputs here."""
+    def prepare(self, scripts: Sequence[Script], *, total_scripts: int | None = None) -> None:
+        """Called once with the selected scripts (of ``total_scripts`` in the file) before any work.
+
+        Check inputs here, so a bad setup fails at once with every problem listed.
+        """
 
     @abstractmethod
     def generate(self, request: GenerationRequest) -> GeneratedVideo:

@@ -1,0 +1,302 @@
+"""A configured run over one shard: the stages ``generate``, ``evaluate`` and ``leaderboard``.
+
+Every stage reads and writes files of the run folder only, so each can be rerun alone and resumes
+where a previous (possibly killed) run stopped: a video counts as done when its sidecar exists, a
+metric when a record with the same cache key exists and did not fail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+from tqdm.auto import tqdm
+
+from narrastream.adapters import build_generator
+from narrastream.adapters.base import (
+    GeneratedVideo,
+    GenerationError,
+    GenerationRequest,
+    Generator,
+    sidecar_path,
+    write_json_atomic,
+)
+from narrastream.data import Benchmark, Script, load_benchmark
+from narrastream.harness.sharding import shard_items, shard_name
+from narrastream.metrics.base import Metric, MetricContext, MetricResult, build_metric
+from narrastream.results.records import Record, RecordStore
+from narrastream.results.rundir import RunDir, environment_info
+
+log = logging.getLogger(__name__)
+STAGES = ("generate", "evaluate", "leaderboard")
+
+
+@dataclass
+class StageSummary:
+    """Counts of one stage in this invocation; ``failures`` holds one line per failed item."""
+
+    stage: str
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    def fail(self, message: str) -> None:
+        self.failed += 1
+        self.failures.append(message)
+
+    def __str__(self) -> str:
+        return f"{self.stage}: {self.done} done, {self.skipped} already done, {self.failed} failed"
+
+
+class Session:
+    """Everything a stage needs, built once from a resolved config (a plain nested dict)."""
+
+    def __init__(self, cfg: Mapping[str, Any]) -> None:
+        self.cfg = cfg
+        self.run = RunDir(Path(cfg["run"]["dir"]))
+        self.model: str = cfg["model"]["name"]
+        self.protocol: Mapping[str, Any] = cfg["protocol"]
+        data = cfg["data"]
+        self.benchmark: Benchmark = load_benchmark(
+            data.get("path"), official=data.get("official", "auto"), ids=data.get("ids"),
+            dimensions=data.get("dimensions"), limit=data.get("limit"),
+        )
+        seeds = [int(s) for s in cfg["run"]["seeds"]]
+        items = [(script, seed) for script in self.benchmark.scripts for seed in seeds]
+        shard = cfg["shard"]
+        self.items: list[tuple[Script, int]] = shard_items(items, int(shard["index"]), int(shard["count"]))
+        self.shard = shard_name(int(shard["index"]), int(shard["count"]))
+        self._backbones = None
+
+    @classmethod
+    def from_overrides(cls, overrides: list[str] | None = None) -> "Session":
+        """Compose the Hydra config from Python: ``Session.from_overrides(["preset=tiny"])``."""
+        from narrastream.config import compose_config
+
+        return cls(compose_config(overrides or []))
+
+    # ------------------------------------------------------------------ run files
+    def write_run_files(self) -> None:
+        self.run.root.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "run_id": self.run.run_id,
+            "model": {k: self.cfg["model"].get(k) for k in ("name", "adapter", "params")},
+            "data": self.benchmark.identity(),
+            "protocol": {"name": self.protocol["name"], "version": self.protocol["version"]},
+            "environment": environment_info(),
+            "backbones": {"config": self.cfg.get("backbones")},
+        }
+        self.run.write_manifest(manifest)
+        tmp = self.run.config_path.with_suffix(".yaml.tmp")
+        tmp.write_text(yaml.safe_dump(_plain(self.cfg), sort_keys=False))
+        tmp.replace(self.run.config_path)
+
+    # ------------------------------------------------------------------ generate
+    def generate(self) -> StageSummary:
+        summary = StageSummary("generate")
+        model_cfg = self.cfg["model"]
+        generator: Generator = build_generator(model_cfg["adapter"], **(model_cfg.get("params") or {}))
+        generator.prepare(self.benchmark.scripts, total_scripts=self.benchmark.total)
+        gen_cfg = self.cfg["generation"]
+        try:
+            for script, seed in tqdm(self.items, desc=f"generate {self.model}", unit="video"):
+                out = self.run.video_path(self.model, script.id, seed)
+                if self.load_sidecar(script.id, seed) is not None:
+                    summary.skipped += 1
+                    continue
+                request = GenerationRequest(
+                    script=script, seed=seed, output_path=out, fps=float(gen_cfg["fps"]),
+                    seconds_per_segment=float(gen_cfg["seconds_per_segment"]), width=int(gen_cfg["width"]),
+                    height=int(gen_cfg["height"]), device=str(gen_cfg.get("device", "auto")),
+                )
+                self._generate_one(generator, request, summary)
+        finally:
+            generator.close()
+        return summary
+
+    def _generate_one(self, generator: Generator, request: GenerationRequest, summary: StageSummary) -> None:
+        sid, seed = request.script.id, request.seed
+        failure_file = self.run.failure_path(self.model, sid, seed)
+        out = Path(request.output_path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            video = generator.generate(request)
+        except Exception as exc:  # noqa: BLE001 - any adapter failure is recorded, then the run goes on
+            details = getattr(exc, "details", {}) if isinstance(exc, GenerationError) else {}
+            if not isinstance(exc, GenerationError):
+                log.exception("generator %s crashed on script %d seed %d", self.model, sid, seed)
+            message = f"{type(exc).__name__}: {exc}"
+            write_json_atomic(failure_file, {"script_id": sid, "seed": seed, "error": message,
+                                             "details": details, "time": time.time()})
+            summary.fail(f"script {sid} seed {seed}: {message.splitlines()[0]}")
+            return
+        sidecar = video.to_sidecar(self.model, generator.capabilities)
+        if Path(video.path).resolve().parent == out.resolve().parent:
+            sidecar["path"] = Path(video.path).name  # inside the run: keep the folder relocatable
+        sidecar["request"] = request.to_json()
+        write_json_atomic(sidecar_path(out), sidecar)  # written last: marks the video as done
+        failure_file.unlink(missing_ok=True)
+        summary.done += 1
+
+    def load_sidecar(self, script_id: int, seed: int) -> GeneratedVideo | None:
+        """The finished video of an item, or None (not generated, failed, or its file vanished)."""
+        side = sidecar_path(self.run.video_path(self.model, script_id, seed))
+        if not side.is_file():
+            return None
+        try:
+            video = GeneratedVideo.from_sidecar(json.loads(side.read_text()))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            log.warning("%s: unreadable sidecar (%s); the video will be regenerated", side, exc)
+            return None
+        if not video.path.is_absolute():
+            video.path = side.parent / video.path
+        return video if video.path.is_file() else None
+
+    def generation_failure(self, script_id: int, seed: int) -> str | None:
+        failure = self.run.failure_path(self.model, script_id, seed)
+        if failure.is_file():
+            return json.loads(failure.read_text()).get("error")
+        return None
+
+    # ------------------------------------------------------------------ evaluate
+    @property
+    def backbones(self):
+        """The backbone provider, created on first use so a fully resumed run loads no model."""
+        if self._backbones is None:
+            from narrastream.metrics.backbones import BackboneProvider
+
+            self._backbones = BackboneProvider(self.cfg["backbones"])
+        return self._backbones
+
+    def metrics(self) -> dict[str, Metric]:
+        specs = self.protocol["metrics"]
+        names = list(self.protocol["run_metrics"])
+        unknown = [n for n in names if n not in specs]
+        if unknown:
+            raise KeyError(f"protocol.run_metrics names {unknown}, which have no entry in protocol.metrics")
+        return {name: build_metric(name, specs[name]) for name in names}
+
+    def evaluate(self) -> StageSummary:
+        summary = StageSummary("evaluate")
+        metrics = self.metrics()
+        store = RecordStore(self.run.records_dir, self.shard)
+        latest = store.latest()
+        for script, seed in tqdm(self.items, desc=f"evaluate {self.model}", unit="video"):
+            video = self.load_sidecar(script.id, seed)
+            keys = {name: self.cache_key(metric, video) for name, metric in metrics.items()}
+            pending = {}
+            for name, metric in metrics.items():
+                previous = latest.get((self.model, script.id, seed, name))
+                if previous is not None and previous.cache_key == keys[name] and previous.status != "failed":
+                    summary.skipped += 1
+                else:
+                    pending[name] = metric
+            if pending:
+                self._evaluate_item(script, seed, video, pending, keys, latest, store, summary)
+        return summary
+
+    def _evaluate_item(self, script: Script, seed: int, video: GeneratedVideo | None, pending: dict[str, Metric],
+                       keys: dict[str, str], latest: dict, store: RecordStore, summary: StageSummary) -> None:
+        from narrastream.video import SegmentedVideo, SegmentRule
+
+        def record(name: str, result: MetricResult, elapsed: float = 0.0, backbones: dict | None = None) -> None:
+            metric = pending[name]
+            rec = Record(
+                run_id=self.run.run_id, model=self.model, script_id=script.id, seed=seed, metric=name,
+                score=result.score, status=result.status, reason=result.reason, fallbacks=result.fallbacks,
+                items=result.items, details=result.details, protocol=f"{self.protocol['name']}-{self.protocol['version']}",
+                metric_version=metric.version, cache_key=keys[name], backbones=backbones or {},
+                video=str(video.path) if video else None, shard=self.shard, elapsed_s=round(elapsed, 4),
+            )
+            previous = latest.get(rec.key)
+            repeat = (previous is not None and previous.status == "failed" and rec.status == "failed"
+                      and previous.reason == rec.reason and previous.cache_key == rec.cache_key)
+            if not repeat:  # the same failure again adds no record
+                store.append(rec)
+                latest[rec.key] = rec
+            if result.status == "failed":
+                summary.fail(f"{name} script {script.id} seed {seed}: {result.reason}")
+            else:
+                summary.done += 1
+
+        if video is None:
+            cause = self.generation_failure(script.id, seed)
+            reason = (f"no video: generation failed ({cause.splitlines()[0]})" if cause
+                      else f"no video for script {script.id} seed {seed}: run the generate stage first")
+            for name in pending:
+                record(name, MetricResult.failed(reason))
+            return
+        vcfg = self.cfg["video"]
+        rule = SegmentRule(segment_seconds=float(self.protocol["segment_seconds"]),
+                           min_last_fraction=float(vcfg["min_last_fraction"]),
+                           max_tail_fraction=float(vcfg["max_tail_fraction"]))
+        switch_frames = video.switch_frames if vcfg["segmentation"] == "native" else None
+        if vcfg["segmentation"] == "native" and not switch_frames:
+            for name in pending:
+                record(name, MetricResult.failed(f"{video.path}: video.segmentation=native but the sidecar "
+                                                 "has no switch_frames"))
+            return
+        try:
+            segmented = SegmentedVideo.from_file(video.path, script.num_segments, rule=rule,
+                                                 switch_frames=switch_frames, expected_fps=vcfg.get("expected_fps"))
+        except (ValueError, OSError) as exc:  # decode, fps and segmentation errors name the file
+            for name in pending:
+                record(name, MetricResult.failed(f"{type(exc).__name__}: {exc}"))
+            return
+        ctx = MetricContext(script=script, backbones=self.backbones, segment_weights=None)
+        for name, metric in pending.items():
+            started = time.perf_counter()
+            try:
+                result = metric.compute(segmented, ctx)
+            except Exception as exc:  # noqa: BLE001 - recorded as failed with the reason; the run goes on
+                log.exception("%s failed on script %d seed %d", name, script.id, seed)
+                result = MetricResult.failed(f"{type(exc).__name__}: {exc}")
+            identities = {b: self.backbones.identity(b) for b in self._backbones_of(metric)}
+            record(name, result, time.perf_counter() - started, identities)
+
+    @staticmethod
+    def _backbones_of(metric: Metric) -> list[str]:
+        name = metric.params.get("backbone")
+        return [name] if name else list(metric.backbones)
+
+    def cache_key(self, metric: Metric, video: GeneratedVideo | None) -> str:
+        """Fingerprint of everything a score depends on: metric, protocol, segmentation, models, video."""
+        video_id = None
+        if video is not None:
+            stat = video.path.stat()
+            video_id = {"path": str(video.path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                        "switch_frames": video.switch_frames}
+        payload = {
+            "metric": metric.identity(),
+            "protocol": [self.protocol["name"], self.protocol["version"], self.protocol["segment_seconds"]],
+            "video_rules": self.cfg["video"],
+            "backbones": {k: self.cfg["backbones"].get(k) for k in ("source", "size", "seed", "paths", "dir")},
+            "video": video_id,
+        }
+        return hashlib.sha256(json.dumps(_plain(payload), sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+    # ------------------------------------------------------------------ leaderboard
+    def leaderboard(self) -> Path:
+        from narrastream.report import build_leaderboard, write_leaderboard
+
+        table = build_leaderboard([self.run.root], with_reference=bool(self.cfg["report"]["with_reference"]))
+        csv_path = self.run.leaderboard_path("csv")
+        write_leaderboard(table, csv_path, markdown_path=self.run.leaderboard_path("md"),
+                          dimensions=self.protocol["dimensions"])
+        return csv_path
+
+
+def _plain(obj: Any) -> Any:
+    """Nested mappings/sequences -> plain dicts/lists (OmegaConf containers included)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj

@@ -1,0 +1,1 @@
+"""The protocol: aggregation formulas, pooling primitives and protocol versions."""

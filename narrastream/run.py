@@ -1,0 +1,60 @@
+"""The Hydra app: ``python -m narrastream.run model=NAME [stage=...] [preset=tiny] [run.dir=PATH]``.
+
+Thin on purpose: compose the config, build a Session, run the numbered stages. Exit code 0 when
+everything asked for succeeded, 3 when the run finished but some items failed (they are recorded
+and counted in the leaderboard; rerunning the same command retries only those).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from narrastream.paths import config_dir
+
+log = logging.getLogger("narrastream.run")
+EXIT_ITEMS_FAILED = 3
+
+
+def execute(cfg: dict) -> int:
+    from narrastream.harness.session import STAGES, Session
+
+    stage = cfg["stage"]
+    if stage not in (*STAGES, "all"):
+        raise ValueError(f"stage must be one of {', '.join(STAGES)} or all; got {stage!r}")
+    stages = STAGES if stage == "all" else (stage,)
+    session = Session(cfg)
+    session.write_run_files()
+    log.info("run %s: model %s, %d item(s) in %s, scripts sha256 %s", session.run.root, session.model,
+             len(session.items), session.shard, session.benchmark.sha256[:12])
+    failed = 0
+    # 1. generate  2. evaluate  3. leaderboard
+    if "generate" in stages:
+        summary = session.generate()
+        log.info("%s", summary)
+        failed += summary.failed
+    if "evaluate" in stages:
+        summary = session.evaluate()
+        log.info("%s", summary)
+        failed += summary.failed
+        for line in summary.failures[:20]:
+            log.warning("failed: %s", line)
+    if "leaderboard" in stages:
+        log.info("leaderboard: %s", session.leaderboard())
+    return EXIT_ITEMS_FAILED if failed else 0
+
+
+@hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from narrastream.config import to_plain
+
+    code = execute(to_plain(cfg))
+    if code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
