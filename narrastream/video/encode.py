@@ -125,7 +125,9 @@ class Mp4Writer:
             self._open(width, height)
         elif (width, height) != self.size:
             raise ValueError(f"frame {self.num_frames} is {width}x{height}, earlier frames were {self.size[0]}x{self.size[1]}")
-        video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+        # convert here, single-threaded: the encoder's own threaded conversion made output vary
+        # from run to run under CPU load (about 1 write in 10 in the test suite)
+        video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format=self.pix_fmt, threads=1)
         video_frame.pts = self.num_frames
         for packet in self._stream.encode(video_frame):
             self._container.mux(packet)

@@ -89,6 +89,23 @@ class DinoVisionTransformer(VisionTransformer):
         return self.norm(x)
 
 
+def _init_weights(model: DinoVisionTransformer) -> None:
+    """timm's ViT initialisation, drawn with ``normal_`` where timm uses ``trunc_normal_``.
+
+    ``trunc_normal_`` goes through ``erfinv_``, whose CPU results were seen to differ in the last bit
+    between two processes given the same seed, and seeded random backbones must be bit-identical
+    everywhere. At std 0.02 timm's truncation at +-2 never applies, so the distribution is the same.
+    LayerNorm and the patch convolution keep their own (uniform-based) initialisation.
+    """
+    with torch.no_grad():
+        nn.init.normal_(model.pos_embed, std=0.02)
+        nn.init.normal_(model.cls_token, std=1e-6)
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+
 def build_dino_vit(arch: DinoArch = "vitb16", *, device: torch.device | str | None = None) -> DinoVisionTransformer:
     """A randomly initialised DINO ViT (``vitb16``: ViT-B/16; ``tiny``: the same class, 48-d, 2 blocks).
 
@@ -96,7 +113,7 @@ def build_dino_vit(arch: DinoArch = "vitb16", *, device: torch.device | str | No
     """
     if arch not in DINO_ARCHS:
         raise ValueError(f"unknown DINO architecture {arch!r}; known: {sorted(DINO_ARCHS)}")
-    return DinoVisionTransformer(
+    model = DinoVisionTransformer(
         img_size=224,
         patch_size=16,
         num_classes=0,
@@ -107,9 +124,12 @@ def build_dino_vit(arch: DinoArch = "vitb16", *, device: torch.device | str | No
         dynamic_img_size=True,
         norm_layer=partial(nn.LayerNorm, eps=1e-6),
         act_layer=nn.GELU,
+        weight_init="skip",
         device=device,
         **DINO_ARCHS[arch],
     )
+    _init_weights(model)
+    return model
 
 
 def _unwrap_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:

@@ -1,0 +1,30 @@
+"""Vision backbones of the protocol metrics: a weights registry, loaders, and a per-process provider.
+
+Importing this package is cheap: timm and open_clip are imported only when a backbone is built
+(``narrastream.metrics.backbones.dino`` / ``.clip``).
+"""
+
+from narrastream.metrics.backbones.provider import BACKBONES, BackboneProvider, BackboneSpec, ImageEmbedder
+from narrastream.metrics.backbones.weights import (
+    WEIGHTS,
+    ChecksumError,
+    WeightSpec,
+    WeightsNotFoundError,
+    file_identity,
+    resolve_weights,
+    sha256_file,
+)
+
+__all__ = [
+    "BACKBONES",
+    "WEIGHTS",
+    "BackboneProvider",
+    "BackboneSpec",
+    "ChecksumError",
+    "ImageEmbedder",
+    "WeightSpec",
+    "WeightsNotFoundError",
+    "file_identity",
+    "resolve_weights",
+    "sha256_file",
+]

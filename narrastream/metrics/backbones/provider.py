@@ -1,0 +1,246 @@
+"""Backbones by name, loaded once per process and handed to metrics through ``MetricContext``.
+
+A :class:`BackboneProvider` is built from the ``backbones`` config section::
+
+    source: files          # files: the official checkpoints | random: seeded random weights
+    size: full             # random only: full (the official architecture) or tiny (tests)
+    seed: 0                # random only
+    device: auto           # auto | cpu | cuda | cuda:N
+    precision: auto        # auto (fp16 on CUDA where the official evaluator uses it) | fp32 | fp16
+    dir: null              # weights folder (else $NARRASTREAM_WEIGHTS)
+    paths: {}              # name -> checkpoint file
+    allow_download: false  # fetch a missing checkpoint from its URL
+
+``get(name)`` returns an :class:`ImageEmbedder`; ``identity(name)`` what to write in manifests and
+records. Random weights are built under a fixed seed on the CPU, so every process, on any device,
+starts from bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from narrastream.metrics.backbones.weights import WEIGHTS, WeightSpec, file_identity, resolve_weights
+from narrastream.registry import RegistryError
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "fp16"]
+_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16}
+_CONFIG_KEYS = frozenset({"source", "size", "seed", "device", "precision", "dir", "paths", "allow_download"})
+
+
+class ImageEmbedder:
+    """A vision model with its own preprocessing: uint8 frames in, L2-normalised float32 features out."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        preprocess: Callable[[np.ndarray], torch.Tensor],
+        *,
+        dim: int,
+        device: torch.device,
+        input_dtype: torch.dtype,
+    ) -> None:
+        self.module = module.eval()
+        self.preprocess = preprocess
+        self.dim = dim
+        self.device = device
+        self.input_dtype = input_dtype
+
+    @torch.inference_mode()
+    def embed(self, frames: np.ndarray, batch_size: int = 32) -> torch.Tensor:
+        """Features ``(N, D)`` float32 on the CPU for frames ``(N, H, W, 3)`` uint8.
+
+        Preprocessing runs on the CPU (the same pixels on every device), the forward pass on
+        ``device`` in batches of ``batch_size``. Features are normalised in the model's precision,
+        then cast to float32, as the official evaluator does.
+        """
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"frames must be (N, H, W, 3), got shape {frames.shape}")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        outputs = [torch.empty(0, self.dim)]
+        for start in range(0, len(frames), batch_size):
+            pixels = self.preprocess(frames[start:start + batch_size]).to(self.device, self.input_dtype)
+            features = self.module(pixels)
+            outputs.append(F.normalize(features, dim=-1).float().cpu())
+        return torch.cat(outputs)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to make one named backbone: from random weights, from its checkpoint, as an embedder."""
+
+    weights: WeightSpec
+    #: model family, the prefix of the architecture label in identities ("dino-vitb16")
+    family: str
+    #: architecture per ``size`` (``full`` is the official checkpoint's), as the family's builder names it
+    architectures: Mapping[str, str]
+    #: precision ``auto`` resolves to fp16 on CUDA (as the official evaluator runs it) or always fp32
+    half_on_cuda: bool
+    build: Callable[[str], nn.Module]
+    load: Callable[[Path], nn.Module]
+    embedder: Callable[[nn.Module, torch.device, Precision], ImageEmbedder]
+
+
+def _build_dino(arch: str) -> nn.Module:
+    from narrastream.metrics.backbones.dino import build_dino_vit
+
+    return build_dino_vit(arch)
+
+
+def _load_dino(path: Path) -> nn.Module:
+    from narrastream.metrics.backbones.dino import build_dino_vit, load_dino_checkpoint
+
+    return load_dino_checkpoint(build_dino_vit("vitb16"), path)
+
+
+def _dino_embedder(model: nn.Module, device: torch.device, precision: Precision) -> ImageEmbedder:
+    from narrastream.metrics.backbones.dino import dino_preprocess
+
+    dtype = _DTYPES[precision]
+    return ImageEmbedder(model.to(device, dtype), dino_preprocess, dim=model.embed_dim, device=device, input_dtype=dtype)
+
+
+def _build_clip(arch: str) -> nn.Module:
+    from narrastream.metrics.backbones.clip import build_clip_vit
+
+    return build_clip_vit(arch)
+
+
+def _load_clip(path: Path) -> nn.Module:
+    from narrastream.metrics.backbones.clip import load_clip_checkpoint
+
+    return load_clip_checkpoint(path, precision="fp32", device="cpu")
+
+
+def _clip_embedder(model: nn.Module, device: torch.device, precision: Precision) -> ImageEmbedder:
+    from narrastream.metrics.backbones.clip import clip_preprocess, set_clip_precision
+
+    visual = set_clip_precision(model, precision).visual.to(device)
+    return ImageEmbedder(
+        visual, clip_preprocess, dim=visual.output_dim, device=device, input_dtype=visual.conv1.weight.dtype
+    )
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "dino_vitb16": BackboneSpec(
+        weights=WEIGHTS["dino_vitb16"],
+        family="dino",
+        architectures={"full": "vitb16", "tiny": "tiny"},
+        half_on_cuda=False,
+        build=_build_dino,
+        load=_load_dino,
+        embedder=_dino_embedder,
+    ),
+    "clip_vitb32": BackboneSpec(
+        weights=WEIGHTS["clip_vitb32"],
+        family="clip",
+        architectures={"full": "vitb32", "tiny": "tiny"},
+        half_on_cuda=True,
+        build=_build_clip,
+        load=_load_clip,
+        embedder=_clip_embedder,
+    ),
+}
+
+
+def _name_offset(name: str) -> int:
+    """A per-backbone seed offset that is the same in every process (unlike ``hash``)."""
+    return zlib.crc32(name.encode())
+
+
+class BackboneProvider:
+    """Loads each backbone once, on first use, and describes it for run manifests."""
+
+    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+        config = dict(config or {})
+        unknown = set(config) - _CONFIG_KEYS
+        if unknown:
+            raise ValueError(f"unknown backbones config keys {sorted(unknown)}; known: {sorted(_CONFIG_KEYS)}")
+        self.source: str = config.get("source", "files")
+        self.size: str = config.get("size", "full")
+        self.seed: int = int(config.get("seed", 0))
+        self.precision: str = config.get("precision", "auto")
+        self.weights_dir: str | None = config.get("dir")
+        self.paths: dict[str, str] = dict(config.get("paths") or {})
+        self.allow_download: bool = bool(config.get("allow_download", False))
+        if self.source not in ("files", "random"):
+            raise ValueError(f"backbones.source must be 'files' or 'random', got {self.source!r}")
+        if self.size not in ("full", "tiny"):
+            raise ValueError(f"backbones.size must be 'full' or 'tiny', got {self.size!r}")
+        if self.source == "files" and self.size != "full":
+            raise ValueError("backbones.size=tiny needs source=random: checkpoint files are the official architectures")
+        if self.precision not in ("auto", *_DTYPES):
+            raise ValueError(f"backbones.precision must be auto, fp32 or fp16, got {self.precision!r}")
+        for name in self.paths:
+            self._spec(name)
+        device = config.get("device", "auto")
+        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+        self._embedders: dict[str, ImageEmbedder] = {}
+        self._identities: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def known() -> list[str]:
+        return sorted(BACKBONES)
+
+    def _spec(self, name: str) -> BackboneSpec:
+        spec = BACKBONES.get(name)
+        if spec is None:
+            close = difflib.get_close_matches(name, BACKBONES, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise RegistryError(f"unknown backbone {name!r}; known: {', '.join(self.known())}.{hint}")
+        return spec
+
+    def _precision(self, spec: BackboneSpec) -> Precision:
+        if self.precision != "auto":
+            return self.precision  # type: ignore[return-value]
+        return "fp16" if spec.half_on_cuda and self.device.type == "cuda" else "fp32"
+
+    def get(self, name: str) -> ImageEmbedder:
+        """The loaded embedder of backbone ``name`` (loaded on the first call, then shared)."""
+        spec = self._spec(name)
+        with self._lock:
+            if name not in self._embedders:
+                self._embedders[name] = self._load(name, spec)
+        return self._embedders[name]
+
+    def _load(self, name: str, spec: BackboneSpec) -> ImageEmbedder:
+        precision = self._precision(spec)
+        architecture = spec.architectures[self.size]
+        identity: dict[str, Any] = {"name": name, "architecture": f"{spec.family}-{architecture}", "source": self.source}
+        if self.source == "random":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed + _name_offset(name))
+                model = spec.build(architecture)
+            identity.update(path=None, sha256=None, size=None, seed=self.seed)
+            log.info("backbone %s: random %s weights (seed %d)", name, architecture, self.seed)
+        else:
+            path = resolve_weights(
+                spec.weights, path=self.paths.get(name), weights_dir=self.weights_dir, allow_download=self.allow_download
+            )
+            model = spec.load(path)
+            identity.update(file_identity(path), seed=None)
+            log.info("backbone %s: loaded %s", name, path)
+        embedder = spec.embedder(model, self.device, precision)
+        identity.update(device=str(self.device), dtype=str(_DTYPES[precision]).removeprefix("torch."))
+        self._identities[name] = identity
+        return embedder
+
+    def identity(self, name: str) -> dict[str, Any]:
+        """``{name, architecture, source, path, sha256, size, seed, device, dtype}`` (loads the backbone)."""
+        self.get(name)
+        return dict(self._identities[name])

@@ -1,0 +1,226 @@
+"""Cutting a decoded video into one segment per prompt, by time or at native switch frames.
+
+The official evaluator cuts ``int(fps * 10)``-frame chunks and keeps any trailing partial chunk as
+an extra segment, so a 961-frame video gets a 7th, 1-frame segment that silently shifts planner
+weights and VLM answers (docs/official-protocol.md §1.2, §6.5). Here the number of segments always
+equals the number of prompts, and a video whose length does not fit its script is an error that
+names the numbers, never a silently different segmentation.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from narrastream.video.decode import decode_video, probe_video
+
+log = logging.getLogger(__name__)
+
+#: fps differences below this are container rounding (e.g. 16 vs 15.9999), not a different rate
+FPS_TOLERANCE = 0.01
+
+
+class SegmentationError(ValueError):
+    """A video's length or switch frames do not fit its script; the message gives the numbers."""
+
+
+class FpsMismatchError(ValueError):
+    """A video's frame rate differs from the rate its generator or protocol promised."""
+
+
+@dataclass(frozen=True)
+class SegmentRule:
+    """How time segmentation treats videos whose length is not exactly ``prompts x segment``.
+
+    ``min_last_fraction``: the last segment may be shorter than the others, down to this fraction of
+    a segment. ``max_tail_fraction``: the last segment may absorb surplus frames up to this fraction
+    of a segment (causal generators often emit one extra frame).
+    """
+
+    segment_seconds: float = 10.0
+    min_last_fraction: float = 0.5
+    max_tail_fraction: float = 0.5
+
+
+def plan_segments(num_frames: int, fps: float, num_segments: int, rule: SegmentRule = SegmentRule()) -> list[tuple[int, int]]:
+    """``[start, end)`` frame bounds of ``num_segments`` time segments.
+
+    The rule (the project's decision; the official evaluator would add a 1-frame 7th segment to a
+    961-frame video):
+
+    * ``frames_per_segment = int(fps * segment_seconds)``, the official truncation;
+    * there are always exactly ``num_segments`` segments, one per prompt;
+    * segments ``0 .. n-2`` have exactly ``frames_per_segment`` frames; the last takes the rest;
+    * error if the last would have fewer than ``min_last_fraction * frames_per_segment`` frames
+      (video too short), if more than ``max_tail_fraction * frames_per_segment`` frames lie beyond
+      ``n * frames_per_segment`` (video too long for the script), or if ``fps * segment_seconds < 1``.
+
+    >>> plan_segments(961, 16.0, 6)[-2:]
+    [(640, 800), (800, 961)]
+    >>> plan_segments(957, 16.0, 6)[-1]
+    (800, 957)
+    """
+    if num_segments < 1:
+        raise SegmentationError(f"a video needs at least one segment, got num_segments={num_segments}")
+    per_segment = int(fps * rule.segment_seconds)
+    if per_segment < 1:
+        raise SegmentationError(
+            f"fps {fps:g} x {rule.segment_seconds:g} s gives {fps * rule.segment_seconds:g} frames per segment; need at least 1"
+        )
+    needed = num_segments * per_segment
+    last = num_frames - (num_segments - 1) * per_segment
+    shortest = max(1, int(np.ceil(rule.min_last_fraction * per_segment)))
+    if last < shortest:
+        raise SegmentationError(
+            f"video too short: {num_frames} frames at {fps:g} fps; {num_segments} segments of "
+            f"{rule.segment_seconds:g} s need {needed} frames (at least {needed - per_segment + shortest})"
+        )
+    if num_frames - needed > rule.max_tail_fraction * per_segment:
+        raise SegmentationError(
+            f"video too long for the script: {num_frames} frames at {fps:g} fps; {num_segments} segments of "
+            f"{rule.segment_seconds:g} s need {needed} frames (at most {needed + int(rule.max_tail_fraction * per_segment)})"
+        )
+    starts = [k * per_segment for k in range(num_segments)]
+    return list(zip(starts, starts[1:] + [num_frames]))
+
+
+def plan_native_segments(num_frames: int, switch_frames: Sequence[int], num_segments: int) -> list[tuple[int, int]]:
+    """``[start, end)`` bounds from the frames where a generator actually switched prompts.
+
+    ``switch_frames`` are the start frames of segments ``1 .. n-1``; a list of ``n`` values whose
+    first is 0 (the start of segment 0) is accepted too.
+
+    >>> plan_native_segments(10, [4, 7], 3)
+    [(0, 4), (4, 7), (7, 10)]
+    """
+    switches = [int(s) for s in switch_frames]
+    if len(switches) == num_segments and switches and switches[0] == 0:
+        switches = switches[1:]
+    if len(switches) != num_segments - 1:
+        raise SegmentationError(
+            f"{num_segments} segments need {num_segments - 1} switch frames, got {len(switch_frames)}: {list(switch_frames)}"
+        )
+    starts = [0, *switches]
+    for previous, current in zip(starts, starts[1:]):
+        if current <= previous:
+            raise SegmentationError(f"switch frames must be strictly increasing and positive, got {list(switch_frames)}")
+    if starts[-1] >= num_frames:
+        raise SegmentationError(
+            f"switch frame {starts[-1]} is not inside the video's {num_frames} frames (switch frames {list(switch_frames)})"
+        )
+    return list(zip(starts, starts[1:] + [num_frames]))
+
+
+class SegmentedVideo:
+    """A video decoded once, with one ``[start, end)`` frame range per prompt.
+
+    Segments are views into ``frames``; metrics sample from them with the samplers in
+    :mod:`narrastream.video.samplers` and never decode again.
+    """
+
+    def __init__(
+        self,
+        frames: np.ndarray,
+        fps: float,
+        bounds: Sequence[tuple[int, int]],
+        segmentation: str,
+        path: Path | None = None,
+    ) -> None:
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
+            raise ValueError(f"frames must be a (T, H, W, 3) uint8 array, got {frames.dtype} {frames.shape}")
+        if segmentation not in ("time", "native"):
+            raise ValueError(f"segmentation must be 'time' or 'native', got {segmentation!r}")
+        self.frames = frames
+        self.fps = float(fps)
+        self.bounds = [(int(a), int(b)) for a, b in bounds]
+        self.segmentation = segmentation
+        self.path = Path(path) if path is not None else None
+
+    @classmethod
+    def from_frames(
+        cls,
+        frames: np.ndarray,
+        fps: float,
+        num_segments: int,
+        rule: SegmentRule = SegmentRule(),
+        switch_frames: Sequence[int] | None = None,
+        path: Path | None = None,
+    ) -> "SegmentedVideo":
+        """Segment an already decoded array: at ``switch_frames`` if given, else by time."""
+        if switch_frames is not None:
+            bounds = plan_native_segments(len(frames), switch_frames, num_segments)
+            return cls(frames, fps, bounds, "native", path)
+        return cls(frames, fps, plan_segments(len(frames), fps, num_segments, rule), "time", path)
+
+    @classmethod
+    def from_file(
+        cls,
+        path: Path | str,
+        num_segments: int,
+        rule: SegmentRule = SegmentRule(),
+        switch_frames: Sequence[int] | None = None,
+        expected_fps: float | None = None,
+    ) -> "SegmentedVideo":
+        """Decode ``path`` once and segment it; every error message starts with the path."""
+        path = Path(path)
+        if expected_fps is not None:
+            actual = probe_video(path).fps  # before decoding a gigabyte for nothing
+            if abs(actual - expected_fps) > FPS_TOLERANCE:
+                raise FpsMismatchError(f"{path}: the video runs at {actual:g} fps, expected {expected_fps:g} fps")
+        frames, fps = decode_video(path)
+        try:
+            return cls.from_frames(frames, fps, num_segments, rule, switch_frames, path)
+        except SegmentationError as e:
+            raise SegmentationError(f"{path}: {e}") from e
+
+    @property
+    def num_segments(self) -> int:
+        return len(self.bounds)
+
+    def __len__(self) -> int:
+        return self.num_segments
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frames)
+
+    @property
+    def height(self) -> int:
+        return self.frames.shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.frames.shape[2]
+
+    @property
+    def segment_lengths(self) -> list[int]:
+        return [end - start for start, end in self.bounds]
+
+    def segment(self, k: int) -> np.ndarray:
+        """Frames of segment ``k`` as a view (no copy)."""
+        start, end = self.bounds[self._check_segment(k)]
+        return self.frames[start:end]
+
+    def frames_at(self, k: int, indices: Sequence[int]) -> np.ndarray:
+        """Frames ``indices`` (in-segment, 0-based) of segment ``k``, stacked into a new (N, H, W, 3) array."""
+        segment = self.segment(k)
+        positions = np.asarray(indices, dtype=np.int64).reshape(-1)
+        bad = positions[(positions < 0) | (positions >= len(segment))]
+        if bad.size:
+            raise IndexError(f"segment {k} has {len(segment)} frames; indices {bad.tolist()} are outside it")
+        return segment[positions]
+
+    def _check_segment(self, k: int) -> int:
+        if not 0 <= k < self.num_segments:
+            raise IndexError(f"segment {k} does not exist; the video has {self.num_segments} segments")
+        return k
+
+    def __repr__(self) -> str:
+        return (
+            f"SegmentedVideo(path={self.path}, {self.num_frames} frames {self.width}x{self.height} at "
+            f"{self.fps:g} fps, {self.segmentation} segments {self.segment_lengths})"
+        )
