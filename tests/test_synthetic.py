@@ -239,7 +239,7 @@ def test_hard_cut(tmp_path: Path) -> None:
     corner = (slice(HEIGHT - 3, HEIGHT), slice(0, 3))  # characters never reach the corner pixels
     assert np.array_equal(faulty[t][corner], after[corner]) and np.array_equal(clean[t][corner], before[corner])
     clean_scene = SyntheticGenerator().scene(request(tmp_path))
-    for name in ("Noah", "Ava"):  # the lanes swap sides
+    for name in scene.characters:  # everyone moves one lane over: a jump of at least one shape
         assert abs(scene.position(name, t)[0] - clean_scene.position(name, t)[0]) >= scene.size
 
 
@@ -281,5 +281,6 @@ def test_faults_that_do_not_fit_the_script(tmp_path: Path, fault: dict[str, Any]
 
 def test_identity_swap_needs_two_characters(tmp_path: Path) -> None:
     solo = Script(id=0, prompts=("Noah sorts screws.", "Noah labels the box."), scene="workshop workbench")
-    with pytest.raises(ValueError, match="needs two characters"):
-        SyntheticGenerator(faults=[{"kind": "identity_swap", "segment": 1}]).prepare([solo])
+    with pytest.raises(ValueError, match="needs two characters") as err:
+        SyntheticGenerator(faults=[{"kind": "identity_swap", "segment": 1}]).prepare([SCRIPT, solo])
+    assert "script 0:" in str(err.value) and "script 7:" not in str(err.value)  # every misfit, named

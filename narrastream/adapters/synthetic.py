@@ -14,6 +14,18 @@ What is drawn:
   character looks the same in every script; it moves smoothly inside its own lane;
 * characters present in a segment are those its prompt names (none named: the previous segment's);
 * a stripe along the top edge and a prop block in it, both changing at every prompt switch.
+
+Faults, each ``{"kind": ..., "segment": k, ...}`` with ``k`` the 0-based segment where it starts
+(for switch faults, the switch into segment ``k``, so ``k >= 1``):
+
+* ``identity_swap`` -- from segment ``k`` on, two characters (``characters: [a, b]``, default the
+  first two named) swap looks;
+* ``frozen`` -- every frame of segment ``k`` equals its first frame;
+* ``flicker`` -- frames of segment ``k`` are alternately brightened and darkened by ``amplitude``
+  grey levels (default 60);
+* ``hard_cut`` -- at the switch into ``k`` the background changes and every character jumps one lane
+  over (and half a motion period), and stays there;
+* ``drop_character`` -- from segment ``k`` on, ``character`` (default the first named) is not drawn.
 """
 
 from __future__ import annotations
@@ -256,7 +268,8 @@ class SyntheticScene:
         self.band = max(2, self.height // 8)  # the stripe along the top; characters stay below it
         lanes = max(1, len(self.characters))
         lane_width = self.width / lanes
-        self.size = max(4, min(int(character_size * min(self.width, self.height)), int(0.8 * lane_width)))
+        side = int(character_size * min(self.width, self.height))
+        self.size = max(4, min(side, int(0.8 * lane_width), self.height - self.band))
         self._lane_width = lane_width
         self._amp_x = max(0.0, min(motion_amplitude * self.width, (lane_width - self.size) / 2))
         self._amp_y = max(0.0, min(motion_amplitude * self.height, (self.height - self.band - self.size) / 2))
@@ -299,9 +312,8 @@ class SyntheticScene:
     def position(self, name: str, t: int) -> tuple[int, int]:
         """Pixel (x, y) of the centre of ``name``'s shape at frame ``t``."""
         cuts = self.cuts_before(self.segment_of(t))
-        lane = self.characters.index(name)
-        if cuts % 2:  # a hard cut reverses the lanes and shifts the motion by half a period
-            lane = len(self.characters) - 1 - lane
+        # each hard cut moves every character one lane over and shifts its motion by half a period
+        lane = (self.characters.index(name) + cuts) % len(self.characters)
         m, seconds, shift = self._motion[name], t / self.fps, math.pi * cuts
         cx = (lane + 0.5) * self._lane_width + self._amp_x * math.sin(2 * math.pi * seconds / m.period_x + m.phase_x + shift)
         cy = (self.band + self.height) / 2 + self._amp_y * math.sin(2 * math.pi * seconds / m.period_y + m.phase_y + shift)
@@ -408,12 +420,18 @@ class SyntheticGenerator(Generator):
         self.character_size = float(character_size)
         self.cast = list(cast) if cast is not None else list(load_taxonomy().cast)
 
-    def prepare(self, scripts: Sequence[Script]) -> None:
-        """Check the faults against every script before any video is made."""
+    def prepare(self, scripts: Sequence[Script], *, total_scripts: int | None = None) -> None:
+        """Check the faults against every script before any video is made; lists every misfit."""
+        problems = []
         for script in scripts:
             characters = find_characters(script.prompts, self.cast)
             for fault in self.faults:
-                resolve_fault(fault, script.num_segments, characters)
+                try:
+                    resolve_fault(fault, script.num_segments, characters)
+                except ValueError as e:
+                    problems.append(f"script {script.id}: {e}")
+        if problems:
+            raise ValueError("synthetic: faults that do not fit their scripts:\n" + "\n".join(problems))
 
     def scene(self, request: GenerationRequest) -> SyntheticScene:
         """The renderer for ``request`` (raises ValueError if a fault does not fit its script)."""

@@ -112,10 +112,22 @@ class Mp4Writer:
         self._container = av.open(str(self._tmp), mode="w")  # muxer chosen by the suffix
         stream = self._container.add_stream(self.codec, rate=self.rate)
         stream.width, stream.height, stream.pix_fmt = width, height, self.pix_fmt
-        if self.codec in _CRF_CODECS:
-            stream.options = {"crf": str(self.crf), **({"preset": self.preset} if self.preset else {})}
+        stream.options = self._codec_options()
         self._stream = stream
         self.size = (width, height)
+
+    def _codec_options(self) -> dict[str, str]:
+        options: dict[str, str] = {}
+        if self.codec in _CRF_CODECS:
+            options["crf"] = str(self.crf)
+            if self.preset:
+                options["preset"] = self.preset
+        if self.codec == "libx264":
+            # x264's macroblock-tree rate control made the bitstream for identical frames differ
+            # between runs (about 1 write in 10 in the test suite, depending on memory reuse);
+            # without it output is reproducible, at a few percent more bits at the same crf
+            options["x264-params"] = "mbtree=0"
+        return options
 
     def write(self, frame: np.ndarray) -> None:
         """Encode one (H, W, 3) uint8 RGB frame."""
@@ -125,9 +137,7 @@ class Mp4Writer:
             self._open(width, height)
         elif (width, height) != self.size:
             raise ValueError(f"frame {self.num_frames} is {width}x{height}, earlier frames were {self.size[0]}x{self.size[1]}")
-        # convert here, single-threaded: the encoder's own threaded conversion made output vary
-        # from run to run under CPU load (about 1 write in 10 in the test suite)
-        video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format=self.pix_fmt, threads=1)
+        video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
         video_frame.pts = self.num_frames
         for packet in self._stream.encode(video_frame):
             self._container.mux(packet)
@@ -137,9 +147,13 @@ class Mp4Writer:
         """Flush the encoder and move the finished file into place; returns the final path."""
         if self._container is None:
             raise ValueError(f"{self.path}: no frames were written")
-        for packet in self._stream.encode(None):
-            self._container.mux(packet)
-        self._container.close()
+        try:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+            self._container.close()
+        except BaseException:
+            self.abort()
+            raise
         self._container = None
         os.replace(self._tmp, self.path)
         log.debug("wrote %s: %d frames at %s fps", self.path, self.num_frames, self.rate)

@@ -80,6 +80,7 @@ class DinoVisionTransformer(VisionTransformer):
     def forward_features(
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
     ) -> torch.Tensor:
+        """Normalised tokens ``(B, 1 + h*w, D)``: DINO's ``prepare_tokens``, the blocks, the final norm."""
         height, width = x.shape[-2:]
         patch_h, patch_w = self.patch_embed.patch_size
         x = self.patch_embed(x[..., : height - height % patch_h, : width - width % patch_w])

@@ -19,8 +19,10 @@ from narrastream.protocol.pooling import percentile_linear, weighted_mean
 def similarity_matrix(features: torch.Tensor) -> torch.Tensor:
     r"""Clipped cosine similarities :math:`S_{ab} = \max(0, \langle \hat f_a, \hat f_b \rangle)`.
 
-    Features are L2-normalised (:math:`\hat f = f / \lVert f \rVert`) in float64. The matrix is made
-    exactly symmetric (the lower triangle mirrors the upper one), so centrality ties are real ties.
+    Features are L2-normalised (:math:`\hat f = f / \lVert f \rVert`) in float64. Values are also
+    capped at 1, which only removes rounding excess (a frame with itself can give 1 + 2e-16). The
+    matrix is made exactly symmetric (the lower triangle mirrors the upper one), so centrality ties
+    are real ties.
 
     Args:
         features: ``(K, D)`` frame features.
@@ -37,7 +39,7 @@ def similarity_matrix(features: torch.Tensor) -> torch.Tensor:
     if features.ndim != 2:
         raise ValueError(f"features must be (K, D), got shape {tuple(features.shape)}")
     unit = F.normalize(features.detach().to(torch.float64), dim=-1)
-    sim = (unit @ unit.T).clamp_(min=0.0)
+    sim = (unit @ unit.T).clamp_(0.0, 1.0)
     return torch.triu(sim) + torch.triu(sim, diagonal=1).T
 
 
@@ -171,19 +173,20 @@ def consistency_score(
     items: list[dict[str, Any]] = []
     fallbacks: list[str] = []
     local_scores: list[float] = []
-    representatives: list[torch.Tensor | None] = []
+    representatives: dict[int, torch.Tensor] = {}  # segment -> its medoid feature (segments with frames)
     for k, features in enumerate(segment_features):
         sim = similarity_matrix(features)
         count = sim.shape[0]
         local = segment_local_score(sim, intra_quantile)
         medoid = medoid_index(sim) if count else None
         frames = list(frame_indices[k]) if frame_indices is not None else list(range(count))
-        if count == 0:
+        if medoid is None:
             fallbacks.append(f"segment {k}: no sampled frame, local score 0.0 and no representative")
-        elif count == 1:
-            fallbacks.append(f"segment {k}: 1 sampled frame, local score 1.0 by convention")
+        else:
+            representatives[k] = features[medoid]
+            if count == 1:
+                fallbacks.append(f"segment {k}: 1 sampled frame, local score 1.0 by convention")
         local_scores.append(local)
-        representatives.append(F.normalize(features[medoid].detach().to(torch.float64), dim=0) if count else None)
         items.append({
             "segment": k,
             "frames": frames,
@@ -193,14 +196,10 @@ def consistency_score(
             "medoid_frame": frames[medoid] if medoid is not None else None,
         })
 
-    def similarity(i: int, j: int) -> float:
-        return max(0.0, float(representatives[i] @ representatives[j]))
-
-    adjacent = [
-        similarity(k, k + 1) for k in range(n - 1)
-        if representatives[k] is not None and representatives[k + 1] is not None
-    ]
-    anchor = [similarity(0, k) for k in range(1, n) if representatives[0] is not None and representatives[k] is not None]
+    row = {k: i for i, k in enumerate(representatives)}
+    rep_sim = similarity_matrix(torch.stack(list(representatives.values()))) if representatives else None
+    adjacent = [float(rep_sim[row[k], row[k + 1]]) for k in range(n - 1) if k in row and k + 1 in row]
+    anchor = [float(rep_sim[row[0], row[k]]) for k in range(1, n) if 0 in row and k in row]
     inter_adjacent = percentile_linear(adjacent, inter_quantile) if adjacent else None
     inter_anchor = percentile_linear(anchor, inter_quantile) if anchor else None
     inter = _combine([(inter_adjacent, inter_adjacent_weight), (inter_anchor, inter_anchor_weight)])
