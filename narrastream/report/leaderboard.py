@@ -92,7 +92,8 @@ def to_markdown(table: pd.DataFrame, dimensions: Mapping[str, Sequence[str]]) ->
     """A compact Markdown table: scores only, with coverage notes under it."""
     metrics = metric_columns(dimensions)
     shown = ["model", "source", *metrics, *dimensions.keys(), "overall", "metrics_reported"]
-    view = table[[c for c in shown if c in table.columns]].copy()
+    view = table[[c for c in shown if c in table.columns]].astype(object)
+    view = view.where(view.notna(), None)  # tabulate shows None, not NaN, as the missing value
     body = view.to_markdown(index=False, floatfmt=".2f", missingval="–")
     notes = []
     for _, row in table.iterrows():
