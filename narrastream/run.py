@@ -1,8 +1,9 @@
 """The Hydra app: ``python -m narrastream.run model=NAME [stage=...] [preset=tiny] [run.dir=PATH]``.
 
 Thin on purpose: compose the config, build a Session, run the numbered stages. Exit code 0 when
-everything asked for succeeded, 3 when the run finished but some items failed (they are recorded
-and counted in the leaderboard; rerunning the same command retries only those).
+everything asked for succeeded, 2 for bad input or setup (the message names the file, line or
+field), 3 when the run finished but some items failed (they are recorded and counted in the
+leaderboard; rerunning the same command retries only those).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from omegaconf import DictConfig
 from narrastream.paths import config_dir
 
 log = logging.getLogger("narrastream.run")
+EXIT_BAD_INPUT = 2
 EXIT_ITEMS_FAILED = 3
 
 
@@ -47,11 +49,27 @@ def execute(cfg: dict) -> int:
     return EXIT_ITEMS_FAILED if failed else 0
 
 
+def input_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input or setup: reported in one line, exit code 2, no traceback."""
+    from narrastream.adapters.precomputed import PrecomputedVideosError
+    from narrastream.data import DataSourceError, ScriptFileError
+    from narrastream.metrics.backbones import ChecksumError, WeightsNotFoundError
+    from narrastream.registry import RegistryError
+    from narrastream.results.rundir import RunDirError
+
+    return (ScriptFileError, DataSourceError, PrecomputedVideosError, WeightsNotFoundError, ChecksumError,
+            RegistryError, RunDirError)
+
+
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from narrastream.config import to_plain
 
-    code = execute(to_plain(cfg))
+    try:
+        code = execute(to_plain(cfg))
+    except input_errors() as exc:
+        log.error("%s", exc)
+        sys.exit(EXIT_BAD_INPUT)
     if code:
         sys.exit(code)
 

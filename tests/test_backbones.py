@@ -254,8 +254,8 @@ def test_missing_weights_say_where_to_put_them(monkeypatch, tmp_path):
         resolve_weights(spec)
     message = str(info.value)
     assert "$NARRASTREAM_WEIGHTS/dino_vitbase16_pretrain.pth" in message
-    assert "weights.paths.dino_vitb16=FILE" in message
-    assert "weights.allow_download=true" in message and "https://example.invalid/dino.pth" in message
+    assert "backbones.paths.dino_vitb16=FILE" in message
+    assert "backbones.allow_download=true" in message and "https://example.invalid/dino.pth" in message
     assert isinstance(info.value, FileNotFoundError)
     with pytest.raises(WeightsNotFoundError, match="no such file"):
         resolve_weights(spec, path=tmp_path / "nope.pth")

@@ -141,3 +141,14 @@ def test_bad_video_is_recorded_as_failed_and_retried(tmp_path, tiny_run):
     run(*args)
     board = pd.read_csv(run_dir / "leaderboard.csv").iloc[0]
     assert board["subject_consistency_failed"] == 0 and board["subject_consistency_valid"] == 2
+
+
+def test_missing_weights_stop_the_run_with_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("NARRASTREAM_WEIGHTS", str(tmp_path / "weights"))
+    run_dir = tmp_path / "run"
+    proc = run("preset=tiny", "data.limit=1", f"run.dir={run_dir}", "backbones.source=files",
+               "backbones.size=full", check=False)
+    assert proc.returncode == 2
+    assert "dino_vitbase16_pretrain.pth" in proc.stderr and "backbones.paths.dino_vitb16=FILE" in proc.stderr
+    assert (run_dir / "videos" / "synthetic" / "0-s0.mp4").is_file()  # the generated video is kept
+    assert not list(run_dir.glob("records/*.jsonl"))  # no record claims a failure of the video

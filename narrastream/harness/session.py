@@ -250,15 +250,20 @@ class Session:
             for name in pending:
                 record(name, MetricResult.failed(f"{type(exc).__name__}: {exc}"))
             return
+        from narrastream.metrics.backbones import ChecksumError, WeightsNotFoundError
+
         ctx = MetricContext(script=script, backbones=self.backbones, segment_weights=None)
         for name, metric in pending.items():
             started = time.perf_counter()
+            identities: dict[str, Any] = {}
             try:
+                identities = {b: self.backbones.identity(b) for b in self._backbones_of(metric)}
                 result = metric.compute(segmented, ctx)
+            except (WeightsNotFoundError, ChecksumError):
+                raise  # a setup problem, the same for every video: stop with the message, record nothing
             except Exception as exc:  # noqa: BLE001 - recorded as failed with the reason; the run goes on
                 log.exception("%s failed on script %d seed %d", name, script.id, seed)
                 result = MetricResult.failed(f"{type(exc).__name__}: {exc}")
-            identities = {b: self.backbones.identity(b) for b in self._backbones_of(metric)}
             record(name, result, time.perf_counter() - started, identities)
 
     @staticmethod

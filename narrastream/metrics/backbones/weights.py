@@ -71,10 +71,10 @@ class WeightsNotFoundError(FileNotFoundError):
             "Put the file at one of:",
             f"  ${WEIGHTS_ENV}/{spec.filename}" + (f"  (${WEIGHTS_ENV}={env})" if env else f"  (${WEIGHTS_ENV} is unset)"),
             f"  {cache_dir() / 'weights' / spec.filename}",
-            f"or name it in the config: weights.paths.{spec.name}=FILE.",
+            f"or name it in the config: backbones.paths.{spec.name}=FILE.",
         ]
         if spec.url:
-            lines.append(f"With weights.allow_download=true it is fetched from {spec.url} when online.")
+            lines.append(f"With backbones.allow_download=true it is fetched from {spec.url} when online.")
         if tried:
             lines.append("Looked in: " + ", ".join(tried))
         super().__init__("\n".join(lines))
@@ -175,7 +175,7 @@ def resolve_weights(
         explicit = Path(path).expanduser()
         if not explicit.is_file():
             raise WeightsNotFoundError(
-                spec, [str(explicit)], detail=f"weights.paths.{spec.name}={explicit}: no such file."
+                spec, [str(explicit)], detail=f"backbones.paths.{spec.name}={explicit}: no such file."
             )
         return _verified(spec, explicit)
 
