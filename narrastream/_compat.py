@@ -60,6 +60,6 @@ def ensure_torchvision() -> None:
 
     library.register_fake, library.register_autograd = register_fake, register_autograd
     try:
-        import torchvision  # noqa: F401
+        importlib.import_module("torchvision")
     finally:
         library.register_fake, library.register_autograd = original_fake, original_autograd

@@ -10,7 +10,6 @@ from narrastream.paths import config_dir
 def compose_config(overrides: list[str] | None = None, config_name: str = "config") -> dict[str, Any]:
     """The resolved config as plain dicts, exactly as ``python -m narrastream.run`` would see it."""
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=list(overrides or []))

@@ -7,7 +7,6 @@ upstream commit. Every problem is reported with the file, the line and what is w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from tqdm.auto import tqdm
 from narrastream.data.manifest import BenchmarkManifest
 from narrastream.data.script import Script
 from narrastream.data.taxonomy import load_taxonomy
+from narrastream.hashing import sha256_file
 from narrastream.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -62,14 +62,6 @@ class Benchmark:
             "total_scripts": self.total,
             "selected_scripts": len(self.scripts),
         }
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def parse_script_file(path: Path | str, *, prompts_per_script: int | None = None,

@@ -8,20 +8,18 @@ truncated or substituted file cannot silently change the scores.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from narrastream.hashing import sha256_file
 from narrastream.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_ENV = "NARRASTREAM_WEIGHTS"
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -86,29 +84,6 @@ class ChecksumError(ValueError):
     def __init__(self, path: Path, expected: str, actual: str) -> None:
         super().__init__(f"{path}: sha256 {actual} does not match the expected {expected}")
         self.path, self.expected, self.actual = path, expected, actual
-
-
-_hash_cache: dict[tuple[str, int, int], str] = {}
-_hash_lock = threading.Lock()
-
-
-def sha256_file(path: Path | str) -> str:
-    """Streaming sha256 of a file, computed once per process per (path, size, mtime)."""
-    path = Path(path).resolve()
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    with _hash_lock:
-        cached = _hash_cache.get(key)
-    if cached is not None:
-        return cached
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    value = digest.hexdigest()
-    with _hash_lock:
-        _hash_cache[key] = value
-    return value
 
 
 def file_identity(path: Path | str) -> dict[str, Any]:
