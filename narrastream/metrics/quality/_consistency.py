@@ -56,6 +56,4 @@ class ConsistencyMetric(Metric):
         assert score is not None  # at least one segment had frames
         if weight_fallback:
             fallbacks.insert(0, weight_fallback)
-        return MetricResult(
-            score=score, items=items, fallbacks=fallbacks, details={"backbone": ctx.backbones.identity(backbone)}
-        )
+        return MetricResult(score=score, items=items, fallbacks=fallbacks)
