@@ -51,6 +51,8 @@ def execute(cfg: dict) -> int:
 
 def input_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input or setup: reported in one line, exit code 2, no traceback."""
+    from omegaconf.errors import MissingMandatoryValue
+
     from narrastream.adapters.precomputed import PrecomputedVideosError
     from narrastream.data import DataSourceError, ScriptFileError
     from narrastream.metrics.backbones import ChecksumError, WeightsNotFoundError
@@ -58,7 +60,7 @@ def input_errors() -> tuple[type[BaseException], ...]:
     from narrastream.results.rundir import RunDirError
 
     return (ScriptFileError, DataSourceError, PrecomputedVideosError, WeightsNotFoundError, ChecksumError,
-            RegistryError, RunDirError)
+            RegistryError, RunDirError, MissingMandatoryValue)
 
 
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")

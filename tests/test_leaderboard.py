@@ -76,3 +76,18 @@ def test_reference_rows_match_published_numbers():
 def test_leaderboard_refuses_a_folder_without_records(tmp_path):
     with pytest.raises(FileNotFoundError, match="no records"):
         build_leaderboard([tmp_path])
+
+
+def test_leaderboard_command_merges_run_folders(tmp_path, capsys):
+    from narrastream.cli import main as cli_main
+
+    for name, score in (("a", 0.5), ("b", 0.9)):
+        store = RecordStore(tmp_path / name / "records", "shard-000-of-001")
+        store.append(_record(name, 0, "subject_consistency", score))
+    out = tmp_path / "board.csv"
+    assert cli_main(["leaderboard", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--with-reference"]) == 0
+    board = pd.read_csv(out)
+    assert board["overall"].is_monotonic_decreasing and board["model"].iloc[0] == "b"  # b: 90 beats all
+    assert len(board) == 8 and (tmp_path / "board.md").is_file()
+    assert cli_main(["leaderboard", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "no records/ folder" in capsys.readouterr().err
