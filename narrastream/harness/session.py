@@ -30,6 +30,7 @@ from narrastream.adapters.base import (
 from narrastream.data import Benchmark, Script, load_benchmark
 from narrastream.harness.sharding import shard_items, shard_name
 from narrastream.metrics.base import Metric, MetricContext, MetricResult, build_metric
+from narrastream.protocol.annotations import NarrativeAnnotations
 from narrastream.results.records import Record, RecordStore
 from narrastream.results.rundir import RunDir, environment_info
 
@@ -73,6 +74,7 @@ class Session:
         shard = cfg["shard"]
         self.items: list[tuple[Script, int]] = shard_items(items, int(shard["index"]), int(shard["count"]))
         self.shard = shard_name(int(shard["index"]), int(shard["count"]))
+        self.annotations = load_annotations(cfg.get("annotations") or {})
         self._backbones = None
 
     @classmethod
@@ -92,6 +94,7 @@ class Session:
             "protocol": {"name": self.protocol["name"], "version": self.protocol["version"]},
             "environment": environment_info(),
             "backbones": {"config": self.cfg.get("backbones")},
+            "annotations": self.annotations.identity(),
         }
         self.run.write_manifest(manifest)
         tmp = self.run.config_path.with_suffix(".yaml.tmp")
@@ -190,7 +193,7 @@ class Session:
         latest = store.latest()
         for script, seed in tqdm(self.items, desc=f"evaluate {self.model}", unit="video"):
             video = self.load_sidecar(script.id, seed)
-            keys = {name: self.cache_key(metric, video) for name, metric in metrics.items()}
+            keys = {name: self.cache_key(metric, video, script) for name, metric in metrics.items()}
             pending = {}
             for name, metric in metrics.items():
                 previous = latest.get((self.model, script.id, seed, name))
@@ -252,7 +255,10 @@ class Session:
             return
         from narrastream.metrics.backbones import ChecksumError, WeightsNotFoundError
 
-        ctx = MetricContext(script=script, backbones=self.backbones, segment_weights=None)
+        annotation = self.annotations.get(script.id)
+        for problem in annotation.check_segments(script.num_segments) if annotation else []:
+            log.warning("annotations of script %d: %s (the metrics that need it fall back)", script.id, problem)
+        ctx = MetricContext(script=script, backbones=self.backbones, annotations=annotation)
         for name, metric in pending.items():
             started = time.perf_counter()
             identities: dict[str, Any] = {}
@@ -271,8 +277,9 @@ class Session:
         name = metric.params.get("backbone")
         return [name] if name else list(metric.backbones)
 
-    def cache_key(self, metric: Metric, video: GeneratedVideo | None) -> str:
-        """Fingerprint of everything a score depends on: metric, protocol, segmentation, models, video."""
+    def cache_key(self, metric: Metric, video: GeneratedVideo | None, script: Script) -> str:
+        """Fingerprint of everything a score depends on: metric, protocol, segmentation, models,
+        the script's annotations, and the video file."""
         video_id = None
         if video is not None:
             stat = video.path.stat()
@@ -284,6 +291,7 @@ class Session:
             "video_rules": self.cfg["video"],
             "backbones": {k: self.cfg["backbones"].get(k) for k in ("source", "size", "seed", "paths", "dir")},
             "video": video_id,
+            "annotations": annotation.fingerprint() if (annotation := self.annotations.get(script.id)) else None,
         }
         return hashlib.sha256(json.dumps(_plain(payload), sort_keys=True, default=str).encode()).hexdigest()[:32]
 
@@ -296,6 +304,12 @@ class Session:
         write_leaderboard(table, csv_path, markdown_path=self.run.leaderboard_path("md"),
                           dimensions=self.protocol["dimensions"])
         return csv_path
+
+
+def load_annotations(cfg: Mapping[str, Any]) -> NarrativeAnnotations:
+    """The ``annotations`` config: ``path`` to a JSONL file, or none (metrics then fall back, recorded)."""
+    path = cfg.get("path")
+    return NarrativeAnnotations.load(path) if path else NarrativeAnnotations()
 
 
 def _plain(obj: Any) -> Any:

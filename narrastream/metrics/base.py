@@ -16,6 +16,7 @@ from narrastream.registry import Registry
 if TYPE_CHECKING:  # keep this module importable without torch
     from narrastream.data.script import Script
     from narrastream.metrics.backbones.provider import BackboneProvider
+    from narrastream.protocol.annotations import ScriptAnnotations
     from narrastream.video.segments import SegmentedVideo
 
 Status = Literal["ok", "fallback", "failed", "skipped"]
@@ -53,13 +54,21 @@ class MetricResult:
 
 @dataclass
 class MetricContext:
-    """Everything a metric may use besides the video: models, the script, annotations."""
+    """Everything a metric may use besides the video: models, the script, annotations.
+
+    ``annotations`` is None when the script has none; a metric that needs a missing field falls
+    back (uniform weights, ...) and lists the fallback in its result.
+    """
 
     script: "Script"
     backbones: "BackboneProvider"
-    #: planner segment-importance weights for this script (len == #prompts), or None
+    annotations: "ScriptAnnotations | None" = None
+    #: planner segment-importance weights for this script; defaults to the annotations' weights
     segment_weights: Sequence[float] | None = None
-    annotations: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.segment_weights is None and self.annotations is not None:
+            self.segment_weights = self.annotations.segment_weights
 
 
 class Metric(ABC):
