@@ -100,6 +100,10 @@ class Metric(ABC):
 METRICS: Registry[Metric] = Registry("metric", Metric, entry_point_group="narrastream.metrics")
 METRICS.add("narrastream.metrics.quality.subject_consistency:SubjectConsistency", "subject_consistency")
 METRICS.add("narrastream.metrics.quality.background_consistency:BackgroundConsistency", "background_consistency")
+METRICS.add("narrastream.metrics.quality.temporal_flickering:TemporalFlickering", "temporal_flickering")
+METRICS.add("narrastream.metrics.temporal.boundary_smoothness:BoundarySmoothness", "boundary_smoothness")
+METRICS.add("narrastream.metrics.temporal.conditional_adjacent:ConditionalAdjacent", "conditional_adjacent")
+METRICS.add("narrastream.metrics.temporal.conditional_longrange:ConditionalLongrange", "conditional_longrange")
 
 
 def build_metric(name: str, params: Mapping[str, Any] | None = None) -> Metric:

@@ -1,0 +1,1 @@
+"""Temporal-dimension metrics: boundary smoothness, conditional adjacent and long-range consistency."""
