@@ -13,9 +13,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from narrastream.config import compose_config
 from narrastream.results.records import RecordStore
 
 pytestmark = pytest.mark.slow
+RUN_METRICS = compose_config(["preset=tiny"])["protocol"]["run_metrics"]
+M = len(RUN_METRICS)
 
 
 def run(*overrides: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -47,7 +50,7 @@ def test_tiny_run_writes_a_leaderboard(tiny_run):
         assert row[f"{metric}_fallback"] == 3  # no narrative annotations yet: uniform weights, recorded
     manifest = json.loads((tiny_run / "manifest.json").read_text())
     assert len(manifest["data"]["sha256"]) == 64 and manifest["protocol"]["version"]
-    assert len(records(tiny_run)) == 6
+    assert len(records(tiny_run)) == 3 * M
     sidecar = json.loads((tiny_run / "videos" / "synthetic" / "0-s0.json").read_text())
     assert sidecar["num_frames"] == 6 * 8 and sidecar["switch_frames"] == [8, 16, 24, 32, 40]
 
@@ -57,7 +60,7 @@ def test_rerun_adds_no_record(tiny_run):
     mtimes = {p: p.stat().st_mtime_ns for p in (tiny_run / "videos").rglob("*.mp4")}
     run("model=synthetic", "preset=tiny", "data.limit=3", f"run.dir={tiny_run}")
     lines_after = sum(len(p.read_text().splitlines()) for p in (tiny_run / "records").glob("*.jsonl"))
-    assert lines_after == lines_before == 6
+    assert lines_after == lines_before == 3 * M
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # no video regenerated
 
 
@@ -66,7 +69,7 @@ def test_stages_run_alone(tmp_path):
     run("preset=tiny", "data.ids=[4]", f"run.dir={run_dir}", "stage=generate")
     assert (run_dir / "videos" / "synthetic" / "4-s0.mp4").is_file() and not (run_dir / "records").exists()
     run("preset=tiny", "data.ids=[4]", f"run.dir={run_dir}", "stage=evaluate")
-    assert len(records(run_dir)) == 2 and not (run_dir / "leaderboard.csv").exists()
+    assert len(records(run_dir)) == M and not (run_dir / "leaderboard.csv").exists()
     run("preset=tiny", "data.ids=[4]", f"run.dir={run_dir}", "stage=leaderboard")
     assert (run_dir / "leaderboard.csv").is_file() and (run_dir / "leaderboard.md").is_file()
 
@@ -82,11 +85,11 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     partial = len(records(run_dir))
-    assert 3 <= partial < 16
+    assert 3 <= partial < 8 * M
     run("preset=tiny", "data.limit=8", f"run.dir={run_dir}")
     recs = records(run_dir)
     keys = [(r.script_id, r.metric) for r in recs]
-    assert len(keys) == len(set(keys)) == 16  # every item once, nothing lost, nothing duplicated
+    assert len(keys) == len(set(keys)) == 8 * M  # every item once, nothing lost, nothing duplicated
     assert all(r.status in ("ok", "fallback") for r in recs)
 
 
