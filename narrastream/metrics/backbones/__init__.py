@@ -1,10 +1,11 @@
 """Vision backbones of the protocol metrics: a weights registry, loaders, and a per-process provider.
 
 Importing this package is cheap: timm and open_clip are imported only when a backbone is built
-(``narrastream.metrics.backbones.dino`` / ``.clip``).
+(``narrastream.metrics.backbones.dino`` / ``.clip``), torchvision only when RAFT is (``.raft``).
 """
 
 from narrastream.metrics.backbones.provider import BACKBONES, BackboneProvider, BackboneSpec, ImageEmbedder
+from narrastream.metrics.backbones.raft import FlowEstimator
 from narrastream.metrics.backbones.weights import (
     WEIGHTS,
     ChecksumError,
@@ -21,6 +22,7 @@ __all__ = [
     "BackboneProvider",
     "BackboneSpec",
     "ChecksumError",
+    "FlowEstimator",
     "ImageEmbedder",
     "WeightSpec",
     "WeightsNotFoundError",

@@ -11,7 +11,8 @@ A :class:`BackboneProvider` is built from the ``backbones`` config section::
     paths: {}              # name -> checkpoint file
     allow_download: false  # fetch a missing checkpoint from its URL
 
-``get(name)`` returns an :class:`ImageEmbedder`; ``identity(name)`` what to write in manifests and
+``get(name)`` returns the backbone wrapped for metrics -- an :class:`ImageEmbedder` (``embed``) or, for
+optical flow, a :class:`~narrastream.metrics.backbones.raft.FlowEstimator` (``flow``); ``identity(name)`` what to write in manifests and
 records. Random weights are built under a fixed seed on the CPU, so every process, on any device,
 starts from bit-identical weights.
 """
@@ -24,13 +25,14 @@ import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from narrastream.metrics.backbones.raft import FlowEstimator
 from narrastream.metrics.backbones.weights import WEIGHTS, WeightSpec, file_identity, resolve_weights
 from narrastream.registry import RegistryError
 
@@ -79,9 +81,13 @@ class ImageEmbedder:
         return torch.cat(outputs)
 
 
+#: what ``BackboneProvider.get`` hands to metrics
+Backbone = Union[ImageEmbedder, FlowEstimator]
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
-    """How to make one named backbone: from random weights, from its checkpoint, as an embedder."""
+    """How to make one named backbone: from random weights, from its checkpoint, wrapped for metrics."""
 
     weights: WeightSpec
     #: model family, the prefix of the architecture label in identities ("dino-vitb16")
@@ -92,7 +98,8 @@ class BackboneSpec:
     half_on_cuda: bool
     build: Callable[[str], nn.Module]
     load: Callable[[Path], nn.Module]
-    embedder: Callable[[nn.Module, torch.device, Precision], ImageEmbedder]
+    #: wraps the loaded model for metrics: an ImageEmbedder, or a FlowEstimator for optical flow
+    embedder: Callable[[nn.Module, torch.device, Precision], Backbone]
 
 
 def _build_dino(arch: str) -> nn.Module:
@@ -135,6 +142,23 @@ def _clip_embedder(model: nn.Module, device: torch.device, precision: Precision)
     )
 
 
+def _build_raft(arch: str) -> nn.Module:
+    from narrastream.metrics.backbones.raft import build_raft
+
+    return build_raft(arch)
+
+
+def _load_raft(path: Path) -> nn.Module:
+    from narrastream.metrics.backbones.raft import load_raft_checkpoint
+
+    return load_raft_checkpoint(path, "large")
+
+
+def _raft_estimator(model: nn.Module, device: torch.device, precision: Precision) -> FlowEstimator:
+    dtype = _DTYPES[precision]
+    return FlowEstimator(model.to(device, dtype), device=device, dtype=dtype)
+
+
 BACKBONES: dict[str, BackboneSpec] = {
     "dino_vitb16": BackboneSpec(
         weights=WEIGHTS["dino_vitb16"],
@@ -153,6 +177,15 @@ BACKBONES: dict[str, BackboneSpec] = {
         build=_build_clip,
         load=_load_clip,
         embedder=_clip_embedder,
+    ),
+    "raft_things": BackboneSpec(
+        weights=WEIGHTS["raft_things"],
+        family="raft",
+        architectures={"full": "large", "tiny": "tiny"},
+        half_on_cuda=False,  # the official evaluator runs RAFT with mixed_precision off
+        build=_build_raft,
+        load=_load_raft,
+        embedder=_raft_estimator,
     ),
 }
 
@@ -189,7 +222,7 @@ class BackboneProvider:
             self._spec(name)
         device = config.get("device", "auto")
         self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-        self._embedders: dict[str, ImageEmbedder] = {}
+        self._embedders: dict[str, Backbone] = {}
         self._identities: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
@@ -210,15 +243,15 @@ class BackboneProvider:
             return self.precision  # type: ignore[return-value]
         return "fp16" if spec.half_on_cuda and self.device.type == "cuda" else "fp32"
 
-    def get(self, name: str) -> ImageEmbedder:
-        """The loaded embedder of backbone ``name`` (loaded on the first call, then shared)."""
+    def get(self, name: str) -> Backbone:
+        """The loaded backbone ``name``, wrapped for metrics (loaded on the first call, then shared)."""
         spec = self._spec(name)
         with self._lock:
             if name not in self._embedders:
                 self._embedders[name] = self._load(name, spec)
         return self._embedders[name]
 
-    def _load(self, name: str, spec: BackboneSpec) -> ImageEmbedder:
+    def _load(self, name: str, spec: BackboneSpec) -> Backbone:
         precision = self._precision(spec)
         architecture = spec.architectures[self.size]
         identity: dict[str, Any] = {"name": name, "architecture": f"{spec.family}-{architecture}", "source": self.source}

@@ -56,6 +56,16 @@ WEIGHTS: dict[str, WeightSpec] = {
         sha256="40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af",
         description="OpenAI CLIP ViT-B/32 (TorchScript archive); background_consistency",
     ),
+    "raft_things": WeightSpec(
+        name="raft_things",
+        filename="raft-things.pth",
+        url="https://huggingface.co/RaphaelLiu/EvalCrafter-Models/resolve/main/RAFT/models/raft-things.pth",
+        # no published checksum could be confirmed offline; record the sha256 of a verified download to pin it
+        sha256=None,
+        hub_repo="RaphaelLiu/EvalCrafter-Models",
+        hub_filename="RAFT/models/raft-things.pth",
+        description="RAFT (princeton-vl) trained on FlyingChairs+FlyingThings; temporal_flickering, boundary_smoothness",
+    ),
 }
 
 

@@ -1,0 +1,126 @@
+"""temporal_flickering (protocol §2.1.3): photometric error of RAFT-warped frames, per segment.
+
+Per segment: 8 uniformly sampled frames (``round(i (n-1)/7)``, deduplicated), 7 consecutive pairs,
+forward and backward RAFT flow for each (all pairs of all segments in one batched call). Each pair's
+error is the p90 of the luma residual over its valid mask (forward-backward consistent pixels, or --
+when fewer than 5 % are -- the in-bounds pixels, recorded as a fallback); the segment's raw error is
+the p84 of its pair errors and its score ``exp(-raw / 0.5)``
+(:mod:`narrastream.metrics.functional.flicker`).
+
+A segment with fewer than 2 frames, or whose pairs were all skipped (no in-bounds pixel), is
+**omitted**. The kept scores are pooled as the official ``llm_prompt_weighted_mean``: with the planner
+weights when there is exactly one weight per kept score, else the plain mean
+(:func:`~narrastream.protocol.pooling.resolve_segment_weights` on the kept count). So, as in the
+official code (protocol, Corrections), a 1-frame tail segment dropped from a 7-segment video with 6
+prompts leaves 6 scores that *are* weighted; when a middle segment is omitted and the count still
+matches, the weights are applied in order to the kept segments (misaligned) -- recorded as a fallback
+(a dropped tail keeps them aligned: not a fallback; the omission is in the items either way).
+No kept segment: ``failed``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from narrastream.metrics.base import Metric, MetricContext, MetricResult
+from narrastream.metrics.functional.flicker import flicker_score, luma, pair_flicker_error, segment_raw_error
+from narrastream.protocol.pooling import resolve_segment_weights, weighted_mean
+from narrastream.video.samplers import uniform_indices
+
+if TYPE_CHECKING:
+    from narrastream.video.segments import SegmentedVideo
+
+REQUIRED_PARAMS: tuple[str, ...] = (
+    "backbone", "num_frames", "raft_iters", "fb_consistency_alpha", "fb_consistency_beta",
+    "min_mask_ratio", "pair_quantile", "segment_quantile", "tau",
+)
+DEFAULT_BATCH_SIZE = 8
+
+
+class TemporalFlickering(Metric):
+    """Whether sampled frames of a segment agree once motion is compensated (RAFT raft-things)."""
+
+    name = "temporal_flickering"
+    dimension: ClassVar[str] = "quality"
+    version: ClassVar[str] = "v1_raft_fb_p90_p84_exp"
+    backbones = ("raft_things",)
+
+    def __init__(self, **params: Any) -> None:
+        missing = [key for key in REQUIRED_PARAMS if key not in params]
+        if missing:
+            raise ValueError(f"{self.name}: missing protocol parameters {missing} (see eval_configs/protocol/)")
+        super().__init__(**params)
+
+    def compute(self, video: "SegmentedVideo", ctx: MetricContext) -> MetricResult:
+        p = self.params
+        indices = [uniform_indices(n, int(p["num_frames"])) for n in video.segment_lengths]
+        sampled = [video.frames_at(k, idx) for k, idx in enumerate(indices)]
+        firsts = [frames[:-1] for frames in sampled if len(frames) >= 2]
+        seconds = [frames[1:] for frames in sampled if len(frames) >= 2]
+        flows = None
+        if firsts:
+            a, b = np.concatenate(firsts), np.concatenate(seconds)
+            flows = ctx.backbones.get(p["backbone"]).flow(
+                np.concatenate((a, b)), np.concatenate((b, a)),
+                iters=int(p["raft_iters"]), batch_size=int(p.get("batch_size", DEFAULT_BATCH_SIZE)),
+            )
+            forward, backward = flows.split(len(a))
+        items: list[dict[str, Any]] = []
+        fallbacks: list[str] = []
+        kept_scores: list[float] = []
+        kept_segments: list[int] = []
+        offset = 0
+        for k, (idx, frames) in enumerate(zip(indices, sampled)):
+            item: dict[str, Any] = {"segment": k, "frames": list(idx)}
+            items.append(item)
+            if len(frames) < 2:
+                item.update(status="omitted", reason=f"{len(frames)} sampled frame(s): no pair")
+                continue
+            y = luma(frames)
+            pairs: list[dict[str, Any]] = []
+            errors: list[float] = []
+            for i in range(len(frames) - 1):
+                error, info = pair_flicker_error(
+                    y[i], y[i + 1], forward[offset + i], backward[offset + i],
+                    alpha=float(p["fb_consistency_alpha"]), beta=float(p["fb_consistency_beta"]),
+                    min_mask_ratio=float(p["min_mask_ratio"]), quantile=float(p["pair_quantile"]),
+                )
+                pairs.append({"pair": [idx[i], idx[i + 1]], "error": error, **info})
+                if info["mask"] == "in_bounds":
+                    fallbacks.append(
+                        f"segment {k} pair {idx[i]}->{idx[i + 1]}: mask in_bounds "
+                        f"(consistent pixels {info['consistency_ratio']:.4f} < {p['min_mask_ratio']})"
+                    )
+                if error is not None:
+                    errors.append(error)
+            offset += len(frames) - 1
+            item["pairs"] = pairs
+            raw = segment_raw_error(errors, float(p["segment_quantile"]))
+            if raw is None:
+                item.update(status="omitted", reason="every pair skipped (no in-bounds pixel)")
+                continue
+            score = flicker_score(raw, float(p["tau"]))
+            item.update(status="ok", raw_error=raw, score=score)
+            kept_scores.append(score)
+            kept_segments.append(k)
+        if not kept_scores:
+            return MetricResult.failed(
+                "no segment could be scored (every segment has fewer than 2 frames or only skipped pairs)",
+                segments=items,
+            )
+        weights, weight_fallback = resolve_segment_weights(ctx.segment_weights, len(kept_scores))
+        omitted = [k for k in range(video.num_segments) if k not in kept_segments]
+        if weight_fallback:
+            fallbacks.insert(0, weight_fallback)
+        elif kept_segments != list(range(len(kept_segments))):  # a dropped tail keeps the weights aligned
+            fallbacks.insert(0, f"segment_weights: applied in order to the kept segments {kept_segments} "
+                                f"(segments {omitted} omitted; the official evaluator does the same)")
+        for k, w in zip(kept_segments, weights):
+            items[k]["weight"] = w
+        score = weighted_mean(kept_scores, weights)
+        return MetricResult(
+            score=score, items=items, fallbacks=fallbacks,
+            details={"kept_segments": kept_segments, "omitted_segments": omitted, "segment_weights": weights},
+        )
