@@ -85,8 +85,13 @@ class Metric(ABC):
     higher_is_better: ClassVar[bool] = True
     score_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
     backbones: ClassVar[tuple[str, ...]] = ()
+    #: protocol constants the metric cannot run without (checked at construction)
+    required_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **params: Any) -> None:
+        missing = [key for key in self.required_params if key not in params]
+        if missing:
+            raise ValueError(f"{self.name}: missing protocol parameters {missing} (see eval_configs/protocol/)")
         self.params = dict(params)
 
     @abstractmethod

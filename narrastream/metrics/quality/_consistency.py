@@ -7,7 +7,7 @@ through the backbone in one batched call.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -32,12 +32,7 @@ class ConsistencyMetric(Metric):
 
     dimension: ClassVar[str] = "quality"
     version: ClassVar[str] = "v2_local_p25_inter_medoid"
-
-    def __init__(self, **params: Any) -> None:
-        missing = [key for key in REQUIRED_PARAMS if key not in params]
-        if missing:
-            raise ValueError(f"{self.name}: missing protocol parameters {missing} (see eval_configs/protocol/)")
-        super().__init__(**params)
+    required_params: ClassVar[tuple[str, ...]] = REQUIRED_PARAMS
 
     def compute(self, video: "SegmentedVideo", ctx: MetricContext) -> MetricResult:
         backbone = self.params["backbone"]

@@ -46,12 +46,7 @@ class TemporalFlickering(Metric):
     dimension: ClassVar[str] = "quality"
     version: ClassVar[str] = "v1_raft_fb_p90_p84_exp"
     backbones = ("raft_things",)
-
-    def __init__(self, **params: Any) -> None:
-        missing = [key for key in REQUIRED_PARAMS if key not in params]
-        if missing:
-            raise ValueError(f"{self.name}: missing protocol parameters {missing} (see eval_configs/protocol/)")
-        super().__init__(**params)
+    required_params: ClassVar[tuple[str, ...]] = REQUIRED_PARAMS
 
     def compute(self, video: "SegmentedVideo", ctx: MetricContext) -> MetricResult:
         p = self.params

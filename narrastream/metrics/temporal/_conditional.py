@@ -8,7 +8,7 @@ kept transition and the anchor and targets of every entity; the numbers are the 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -28,13 +28,7 @@ class ConditionalMetric(Metric):
 
     dimension: ClassVar[str] = "temporal"
     backbones: ClassVar[tuple[str, ...]] = ("dino_vitb16",)
-    required_params: ClassVar[tuple[str, ...]] = ()
-
-    def __init__(self, **params: Any) -> None:
-        missing = [key for key in ("backbone", *self.required_params) if key not in params]
-        if missing:
-            raise ValueError(f"{self.name}: missing protocol parameters {missing} (see eval_configs/protocol/)")
-        super().__init__(**params)
+    required_params: ClassVar[tuple[str, ...]] = ("backbone",)
 
     def mapping(self) -> dict[str, float]:
         """The ``affine_power`` constants, as keyword arguments of the formula functions."""

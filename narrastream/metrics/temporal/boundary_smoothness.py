@@ -37,12 +37,7 @@ class BoundarySmoothness(Metric):
     dimension: ClassVar[str] = "temporal"
     version: ClassVar[str] = "v1_raft_flow_magnitude_exp"
     backbones = ("raft_things",)
-
-    def __init__(self, **params: Any) -> None:
-        missing = [key for key in REQUIRED_PARAMS if key not in params]
-        if missing:
-            raise ValueError(f"{self.name}: missing protocol parameters {missing} (see eval_configs/protocol/)")
-        super().__init__(**params)
+    required_params: ClassVar[tuple[str, ...]] = REQUIRED_PARAMS
 
     def compute(self, video: "SegmentedVideo", ctx: MetricContext) -> MetricResult:
         p = self.params

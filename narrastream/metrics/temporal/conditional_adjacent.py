@@ -45,7 +45,7 @@ class ConditionalAdjacent(ConditionalMetric):
 
     name = "conditional_adjacent"
     version = "v3_affine_power_raw"
-    required_params = ("similarity_floor", "similarity_ceiling", "similarity_power")
+    required_params = ("backbone", "similarity_floor", "similarity_ceiling", "similarity_power")
 
     def compute(self, video: "SegmentedVideo", ctx: MetricContext) -> MetricResult:
         n = video.num_segments

@@ -76,7 +76,7 @@ class ConditionalLongrange(ConditionalMetric):
 
     name = "conditional_longrange"
     version = "v4_affine_power_weightshrink_raw"
-    required_params = ("similarity_floor", "similarity_ceiling", "similarity_power", "target_weight_alpha",
+    required_params = ("backbone", "similarity_floor", "similarity_ceiling", "similarity_power", "target_weight_alpha",
                        "sample_weight_alpha")
 
     def compute(self, video: "SegmentedVideo", ctx: MetricContext) -> MetricResult:
