@@ -1,0 +1,1 @@
+"""Instruction-dimension metrics: does the video follow its script (dynamic trajectory, ...)."""
