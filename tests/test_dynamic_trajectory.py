@@ -174,6 +174,9 @@ def test_full_architecture_keys_and_shapes_on_meta():
     assert shapes["logit_scale"] == ()
     assert not any("lora" in k or "temporal" in k for k in state if k.startswith("text_model."))
     assert lb.arch_from_config(lb.config_dict(lb.ARCHS["full"])) == lb.ARCHS["full"]
+    saved = lb.config_dict(lb.ARCHS["full"])
+    del saved["text_config"]["hidden_act"]  # a saved config omits class defaults: CLIP's quick_gelu
+    assert lb.arch_from_config(saved).text_act == "quick_gelu"
     bad = lb.config_dict(lb.ARCHS["full"])
     bad["vision_config"]["lora_r"] = 16
     with pytest.raises(ValueError, match="lora_r"):
@@ -195,7 +198,7 @@ def _write_tiny_tokenizer(directory) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("LanguageBind_Video_FT")
+    directory = tmp_path_factory.mktemp("weights") / lb.DIRNAME
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = lb.build_languagebind("tiny")
@@ -281,3 +284,74 @@ def test_metric_end_to_end_tiny_random_weights(monkeypatch):
         assert provider.identity("languagebind_video")["architecture"] == "languagebind-tiny"
         scores.append(result.score)
     assert scores[0] == scores[1]
+
+
+def _reference_attention(x, sd, prefix, heads, mask=None):
+    """Multi-head attention written out by hand (q/k/v/out projections of the checkpoint)."""
+    b, n, d = x.shape
+    q, k, v = (F.linear(x, sd[f"{prefix}.{p}_proj.weight"], sd[f"{prefix}.{p}_proj.bias"]) for p in "qkv")
+    q, k, v = (t.view(b, n, heads, d // heads).transpose(1, 2) for t in (q, k, v))
+    logits = q @ k.transpose(-1, -2) * (d // heads) ** -0.5
+    if mask is not None:
+        logits = logits + mask
+    out = (logits.softmax(-1) @ v).transpose(1, 2).reshape(b, n, d)
+    return F.linear(out, sd[f"{prefix}.out_proj.weight"], sd[f"{prefix}.out_proj.bias"])
+
+
+def _reference_block(x, sd, prefix, heads, mask=None):
+    ln = lambda t, name: F.layer_norm(t, t.shape[-1:], sd[f"{prefix}.{name}.weight"], sd[f"{prefix}.{name}.bias"], 1e-5)
+    x = x + _reference_attention(ln(x, "layer_norm1"), sd, f"{prefix}.self_attn", heads, mask)
+    h = F.gelu(F.linear(ln(x, "layer_norm2"), sd[f"{prefix}.mlp.fc1.weight"], sd[f"{prefix}.mlp.fc1.bias"]))
+    return x + F.linear(h, sd[f"{prefix}.mlp.fc2.weight"], sd[f"{prefix}.mlp.fc2.bias"])
+
+
+def test_forward_matches_a_reference_written_from_the_official_code(tiny_dir):
+    """The official LanguageBind forward, re-derived with plain tensor ops from the state dict."""
+    _, model = tiny_dir
+    arch, sd = model.arch, {k: v.double() for k, v in model.state_dict().items()}
+    ln = lambda t, name: F.layer_norm(t, t.shape[-1:], sd[f"{name}.weight"], sd[f"{name}.bias"], 1e-5)
+    pixels = lb.video_preprocess(np.random.default_rng(3).integers(0, 256, (2, 8, 40, 40, 3), dtype=np.uint8))
+    b, t = pixels.shape[:2]
+    x = F.conv2d(pixels.flatten(0, 1).double(), sd["vision_model.embeddings.patch_embedding.weight"], stride=arch.patch_size)
+    x = x.flatten(2).transpose(1, 2)
+    cls = sd["vision_model.embeddings.class_embedding"].expand(b * t, 1, -1)
+    x = torch.cat([cls, x], 1) + sd["vision_model.embeddings.position_embedding.weight"]
+    x = ln(x, "vision_model.pre_layrnorm")
+    n, d = x.shape[1:]
+    for i in range(arch.vision_layers):
+        p = f"vision_model.encoder.layers.{i}"
+        x = (x.view(b, t, n, d) + sd[f"{p}.temporal_embedding"][:, :, None, :]).view(b * t, n, d)  # (b t) n d
+        per_patch = x.view(b, t, n, d).permute(0, 2, 1, 3).reshape(b * n, t, d)  # (b n) t d
+        per_patch = _reference_attention(ln(per_patch, f"{p}.temporal_layer_norm1"), sd, f"{p}.temporal_attn", arch.vision_heads)
+        x = x + per_patch.view(b, n, t, d).permute(0, 2, 1, 3).reshape(b * t, n, d)
+        x = _reference_block(x, sd, p, arch.vision_heads)
+    pooled = ln(x[:, 0], "vision_model.post_layernorm").view(b, t, d).mean(1)
+    expected_video = F.normalize(F.linear(pooled, sd["visual_projection.weight"]), dim=-1)
+    with torch.inference_mode():
+        got_video = F.normalize(model.video_features(pixels), dim=-1).double()
+    torch.testing.assert_close(got_video, expected_video, rtol=0, atol=2e-5)
+
+    ids = torch.tensor([[arch.vocab_size - 2, 5, 9, 7, arch.vocab_size - 1] + [arch.vocab_size - 1] * 72])
+    y = sd["text_model.embeddings.token_embedding.weight"][ids] + sd["text_model.embeddings.position_embedding.weight"]
+    causal = torch.full((77, 77), float("-inf"), dtype=torch.float64).triu(1)
+    for i in range(arch.text_layers):
+        y = _reference_block(y, sd, f"text_model.encoder.layers.{i}", arch.text_heads, causal)
+    y = ln(y, "text_model.final_layer_norm")[0, 4]  # the first end-of-text token
+    expected_text = F.normalize(F.linear(y, sd["text_projection.weight"]), dim=-1)
+    mask = torch.tensor([[1] * 5 + [0] * 72])
+    with torch.inference_mode():
+        got = F.normalize(model.text_features(ids, mask), dim=-1)[0].double()
+    torch.testing.assert_close(got, expected_text, rtol=0, atol=2e-5)
+
+
+def test_provider_finds_the_model_directory_under_the_weights_dir(tiny_dir, monkeypatch):
+    directory, model = tiny_dir
+    monkeypatch.setitem(provider_module.BACKBONES, "languagebind_video", lb.BACKBONE_SPEC)
+    provider = BackboneProvider({"source": "files", "dir": str(directory.parent), "device": "cpu"})
+    encoder = provider.get("languagebind_video")
+    assert isinstance(encoder, lb.VideoTextEncoder) and encoder.tokenizer is not None
+    assert provider.identity("languagebind_video")["path"] == str((directory / "pytorch_model.bin").resolve())
+    assert torch.equal(encoder.model.visual_projection.weight, model.visual_projection.weight)
+    assert lb.resolve_languagebind_dir(weights_dir=directory.parent) == directory
+    with pytest.raises(FileNotFoundError, match="backbones.paths.languagebind_video"):
+        lb.resolve_languagebind_dir(directory.parent / "missing")

@@ -153,6 +153,21 @@ def test_checkpoint_round_trip_in_the_official_layout(tmp_path):
     load_amt_checkpoint(tmp_path / "dp.pth", "tiny")
 
 
+def test_provider_loads_an_official_layout_file(tmp_path, monkeypatch):
+    """The files path with the real spec: random AMT-S weights saved as amt-s.pth are found and loaded."""
+    monkeypatch.setitem(narrastream.metrics.backbones.provider.BACKBONES, "amt_s", BACKBONE_SPEC)
+    monkeypatch.delenv("NARRASTREAM_WEIGHTS", raising=False)
+    model = seeded("s", seed=3)
+    torch.save({CHECKPOINT_KEY: model.state_dict()}, tmp_path / WEIGHT_SPEC.filename)
+    provider = BackboneProvider({"source": "files", "dir": str(tmp_path), "device": "cpu"})
+    interpolator = provider.get("amt_s")
+    assert isinstance(interpolator, Interpolator)
+    loaded = interpolator.module.state_dict()
+    assert all(torch.equal(loaded[key], value) for key, value in model.state_dict().items())
+    identity = provider.identity("amt_s")
+    assert identity["architecture"] == "amt-s" and identity["dtype"] == "float32" and identity["sha256"]
+
+
 def test_checkpoint_errors(tmp_path):
     state = seeded("tiny").state_dict()
     torch.save(state, tmp_path / "bare.pth")

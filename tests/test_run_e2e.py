@@ -155,3 +155,11 @@ def test_missing_weights_stop_the_run_with_a_clear_message(tmp_path, monkeypatch
     assert "dino_vitbase16_pretrain.pth" in proc.stderr and "backbones.paths.dino_vitb16=FILE" in proc.stderr
     assert (run_dir / "videos" / "synthetic" / "0-s0.mp4").is_file()  # the generated video is kept
     assert not list(run_dir.glob("records/*.jsonl"))  # no record claims a failure of the video
+
+
+def test_two_processes_give_bit_identical_scores(tmp_path, tiny_run):
+    again = tmp_path / "again"
+    run("model=synthetic", "preset=tiny", "data.limit=3", f"run.dir={again}")
+    first = {(r.script_id, r.metric): r.score for r in records(tiny_run)}
+    second = {(r.script_id, r.metric): r.score for r in records(again)}
+    assert first == second and len(first) == 3 * M

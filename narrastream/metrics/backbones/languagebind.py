@@ -16,8 +16,10 @@ with LanguageBind's video additions:
 
 Facts come from the public LanguageBind code (``languagebind/video/modeling_video.py``) and the hub
 ``config.json`` (``add_time_attn: true``, ``num_frames: 8``, ``lora_r: 0``, ``video_decode_backend:
-decord``, ``hidden_act: gelu``). Loading a checkpoint always reads its own ``config.json``, so the
-built architecture is the checkpoint's, not a copy of these numbers (:func:`arch_from_config`).
+decord``, vision ``hidden_act: gelu``). Loading a checkpoint always reads its own ``config.json``, so
+the built architecture is the checkpoint's, not a copy of these numbers (:func:`arch_from_config`;
+an activation absent from the file means the config class default, CLIP's ``quick_gelu``). The
+``full`` random build (no file) assumes GELU in both towers.
 
 **Decision: transformers' CLIP modules, not the ``languagebind`` package.** The ``languagebind``
 package pins ``transformers<5`` (it imports ``_expand_mask`` and other private helpers removed in
@@ -121,7 +123,8 @@ class LanguageBindArch:
     patch_size: int = 14
     image_size: int = IMAGE_SIZE
     num_frames: int = 8
-    hidden_act: str = "gelu"
+    text_act: str = "gelu"
+    vision_act: str = "gelu"
     layer_norm_eps: float = 1e-5
     logit_scale_init: float = 2.6592
 
@@ -154,9 +157,6 @@ def arch_from_config(config: Mapping[str, Any]) -> LanguageBindArch:
         raise ValueError("text_config.add_time_attn is true: not supported")
     if int(vision.get("num_mel_bins", 0) or 0) and int(vision.get("target_length", 0) or 0):
         raise ValueError("vision_config has num_mel_bins/target_length: an audio tower, not a video tower")
-    acts = {text.get("hidden_act", "gelu"), vision.get("hidden_act", "gelu")}
-    if len(acts) != 1:
-        raise ValueError(f"text and vision towers use different activations {sorted(acts)}")
     return LanguageBindArch(
         projection_dim=int(config.get("projection_dim", text.get("projection_dim", 768))),
         text_width=int(text["hidden_size"]),
@@ -172,7 +172,9 @@ def arch_from_config(config: Mapping[str, Any]) -> LanguageBindArch:
         patch_size=int(vision["patch_size"]),
         image_size=int(vision.get("image_size", IMAGE_SIZE)),
         num_frames=int(vision.get("num_frames", 8)),
-        hidden_act=acts.pop(),
+        # a key absent from a saved config has the config class's default: CLIP's quick_gelu
+        text_act=str(text.get("hidden_act", "quick_gelu")),
+        vision_act=str(vision.get("hidden_act", "quick_gelu")),
         layer_norm_eps=float(vision.get("layer_norm_eps", 1e-5)),
         logit_scale_init=float(config.get("logit_scale_init_value", 2.6592)),
     )
@@ -189,14 +191,14 @@ def config_dict(arch: LanguageBindArch) -> dict[str, Any]:
             "hidden_size": arch.text_width, "num_hidden_layers": arch.text_layers,
             "num_attention_heads": arch.text_heads, "intermediate_size": arch.text_mlp,
             "vocab_size": arch.vocab_size, "max_position_embeddings": arch.context_length,
-            "hidden_act": arch.hidden_act, "layer_norm_eps": arch.layer_norm_eps,
+            "hidden_act": arch.text_act, "layer_norm_eps": arch.layer_norm_eps,
             "projection_dim": arch.projection_dim, "add_time_attn": False,
         },
         "vision_config": {
             "hidden_size": arch.vision_width, "num_hidden_layers": arch.vision_layers,
             "num_attention_heads": arch.vision_heads, "intermediate_size": arch.vision_mlp,
             "patch_size": arch.patch_size, "image_size": arch.image_size, "num_frames": arch.num_frames,
-            "hidden_act": arch.hidden_act, "layer_norm_eps": arch.layer_norm_eps,
+            "hidden_act": arch.vision_act, "layer_norm_eps": arch.layer_norm_eps,
             "projection_dim": arch.projection_dim, "add_time_attn": True, "lora_r": 0,
             "force_patch_dropout": 0.0, "num_mel_bins": 0, "target_length": 0,
             "video_decode_backend": "decord",
@@ -209,7 +211,7 @@ def _text_config(arch: LanguageBindArch) -> CLIPTextConfig:
         vocab_size=arch.vocab_size, hidden_size=arch.text_width, intermediate_size=arch.text_mlp,
         projection_dim=arch.projection_dim, num_hidden_layers=arch.text_layers,
         num_attention_heads=arch.text_heads, max_position_embeddings=arch.context_length,
-        hidden_act=arch.hidden_act, layer_norm_eps=arch.layer_norm_eps, attention_dropout=0.0,
+        hidden_act=arch.text_act, layer_norm_eps=arch.layer_norm_eps, attention_dropout=0.0,
         # CLIP's <|startoftext|> / <|endoftext|> are the two highest ids (49406, 49407 for the full vocab)
         bos_token_id=arch.vocab_size - 2, eos_token_id=arch.vocab_size - 1, pad_token_id=1,
     )
@@ -221,7 +223,7 @@ def _vision_config(arch: LanguageBindArch) -> CLIPVisionConfig:
     config = CLIPVisionConfig(
         hidden_size=arch.vision_width, intermediate_size=arch.vision_mlp, projection_dim=arch.projection_dim,
         num_hidden_layers=arch.vision_layers, num_attention_heads=arch.vision_heads,
-        image_size=arch.image_size, patch_size=arch.patch_size, hidden_act=arch.hidden_act,
+        image_size=arch.image_size, patch_size=arch.patch_size, hidden_act=arch.vision_act,
         layer_norm_eps=arch.layer_norm_eps, attention_dropout=0.0,
     )
     config._attn_implementation = "eager"
@@ -650,20 +652,36 @@ def _encoder(model: nn.Module, device: torch.device, precision: str) -> VideoTex
     return VideoTextEncoder(model, device=device, dtype=torch.float16 if precision == "fp16" else torch.float32)  # type: ignore[arg-type]
 
 
+def _resolve(*, path: Path | str | None = None, weights_dir: Path | str | None = None, allow_download: bool = False) -> Path:
+    return resolve_languagebind_weights(path, weights_dir=weights_dir, allow_download=allow_download)
+
+
+#: what a provider resolves when its ``BackboneSpec`` has no directory hook: a file inside the model directory
+WEIGHT_SPEC_FILENAME = f"{DIRNAME}/pytorch_model.bin"
+
+
 def _make_spec() -> Any:
+    """The provider entry. Resolution is by directory through ``resolve`` when ``BackboneSpec`` has
+    that (optional) field; otherwise the provider's file resolver finds ``DIR/pytorch_model.bin`` under
+    ``backbones.dir`` / ``$NARRASTREAM_WEIGHTS`` / the user cache (``backbones.paths`` must then name
+    that file), and :func:`load_languagebind` reads the rest of the directory next to it."""
+    import dataclasses
+
     from narrastream.metrics.backbones.provider import BackboneSpec
     from narrastream.metrics.backbones.weights import WeightSpec
 
+    extra: dict[str, Any] = {}
+    if "resolve" in {f.name for f in dataclasses.fields(BackboneSpec)}:
+        extra["resolve"] = _resolve
     return BackboneSpec(
         weights=WeightSpec(
             name=BACKBONE_NAME,
-            # with today's provider (file-based resolution) this relative name finds
-            # $NARRASTREAM_WEIGHTS/LanguageBind_Video_FT/pytorch_model.bin; load() uses its directory
-            filename=f"{DIRNAME}/pytorch_model.bin",
+            filename=WEIGHT_SPEC_FILENAME,
             url=None,
             sha256=None,
-            hub_repo=HUB_REPO,
-            hub_filename="pytorch_model.bin",
+            # no hub_repo: a single-file hub fetch would miss config.json and the tokenizer; the
+            # directory resolver (resolve_languagebind_dir) fetches the whole model instead
+            hub_repo=None,
             description="LanguageBind_Video_FT (video + text towers, directory with config and tokenizer); dynamic_trajectory",
         ),
         family="languagebind",
@@ -672,6 +690,7 @@ def _make_spec() -> Any:
         build=lambda arch: _build("full" if arch == "video_ft" else arch),
         load=_load,
         embedder=_encoder,
+        **extra,
     )
 
 
