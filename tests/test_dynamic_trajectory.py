@@ -355,3 +355,19 @@ def test_provider_finds_the_model_directory_under_the_weights_dir(tiny_dir, monk
     assert lb.resolve_languagebind_dir(weights_dir=directory.parent) == directory
     with pytest.raises(FileNotFoundError, match="backbones.paths.languagebind_video"):
         lb.resolve_languagebind_dir(directory.parent / "missing")
+
+
+def test_spec_uses_a_directory_resolver_when_the_provider_offers_the_hook(tiny_dir, monkeypatch):
+    import dataclasses
+    from typing import Any, Callable
+
+    @dataclasses.dataclass(frozen=True)
+    class SpecWithResolve(provider_module.BackboneSpec):
+        resolve: Callable[..., Any] | None = None
+
+    assert not hasattr(lb.BACKBONE_SPEC, "resolve")  # today's provider: file resolution
+    monkeypatch.setattr(provider_module, "BackboneSpec", SpecWithResolve)
+    spec = lb._make_spec()
+    directory, _ = tiny_dir
+    assert spec.resolve(path=directory, weights_dir=None, allow_download=False) == directory / "pytorch_model.bin"
+    assert spec.resolve(path=None, weights_dir=directory.parent) == directory / "pytorch_model.bin"

@@ -9,13 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-import narrastream.metrics.backbones.provider
 from narrastream.data.script import Script
 from narrastream.metrics import MetricContext
 from narrastream.metrics.backbones.amt import (
-    BACKBONE_SPEC,
     CHECKPOINT_KEY,
-    WEIGHT_SPEC,
     BidirCorrBlock,
     Interpolator,
     build_amt,
@@ -23,8 +20,8 @@ from narrastream.metrics.backbones.amt import (
     load_amt_checkpoint,
     official_scale,
 )
-from narrastream.metrics.backbones.provider import BackboneProvider
-from narrastream.metrics.backbones.weights import WeightSpec, resolve_weights
+from narrastream.metrics.backbones.provider import BACKBONES, BackboneProvider
+from narrastream.metrics.backbones.weights import WEIGHTS, WeightSpec, resolve_weights
 from narrastream.metrics.functional.motion import (
     even_frame_count,
     frame_abs_errors,
@@ -155,10 +152,9 @@ def test_checkpoint_round_trip_in_the_official_layout(tmp_path):
 
 def test_provider_loads_an_official_layout_file(tmp_path, monkeypatch):
     """The files path with the real spec: random AMT-S weights saved as amt-s.pth are found and loaded."""
-    monkeypatch.setitem(narrastream.metrics.backbones.provider.BACKBONES, "amt_s", BACKBONE_SPEC)
     monkeypatch.delenv("NARRASTREAM_WEIGHTS", raising=False)
     model = seeded("s", seed=3)
-    torch.save({CHECKPOINT_KEY: model.state_dict()}, tmp_path / WEIGHT_SPEC.filename)
+    torch.save({CHECKPOINT_KEY: model.state_dict()}, tmp_path / WEIGHTS["amt_s"].filename)
     provider = BackboneProvider({"source": "files", "dir": str(tmp_path), "device": "cpu"})
     interpolator = provider.get("amt_s")
     assert isinstance(interpolator, Interpolator)
@@ -185,8 +181,8 @@ def test_checkpoint_errors(tmp_path):
 
 
 def test_weight_spec_and_official_scale():
-    assert WEIGHT_SPEC.filename == "amt-s.pth" and WEIGHT_SPEC.url.endswith("lalala125/AMT/resolve/main/amt-s.pth")
-    assert BACKBONE_SPEC.architectures == {"full": "s", "tiny": "tiny"} and not BACKBONE_SPEC.half_on_cuda
+    assert WEIGHTS["amt_s"].filename == "amt-s.pth" and WEIGHTS["amt_s"].url.endswith("lalala125/AMT/resolve/main/amt-s.pth")
+    assert BACKBONES["amt_s"].architectures == {"full": "s", "tiny": "tiny"} and not BACKBONES["amt_s"].half_on_cuda
     assert official_scale(480, 832, 3.4 * 1024**3) == 1.0
     assert official_scale(480, 832, 2600 * 1024**2) == 16 / 27  # what we do not do: it depends on free VRAM
 
@@ -287,7 +283,6 @@ def test_metric_needs_its_protocol_params():
 
 
 def test_metric_end_to_end_with_tiny_amt(monkeypatch):
-    monkeypatch.setitem(narrastream.metrics.backbones.provider.BACKBONES, "amt_s", BACKBONE_SPEC)
     provider = BackboneProvider({"source": "random", "size": "tiny"})
     metric = MotionSmoothness(**PARAMS)
     ctx = context(provider, weights=[2, 1, 1])

@@ -106,6 +106,7 @@ METRICS: Registry[Metric] = Registry("metric", Metric, entry_point_group="narras
 METRICS.add("narrastream.metrics.quality.subject_consistency:SubjectConsistency", "subject_consistency")
 METRICS.add("narrastream.metrics.quality.background_consistency:BackgroundConsistency", "background_consistency")
 METRICS.add("narrastream.metrics.quality.temporal_flickering:TemporalFlickering", "temporal_flickering")
+METRICS.add("narrastream.metrics.quality.motion_smoothness:MotionSmoothness", "motion_smoothness")
 METRICS.add("narrastream.metrics.temporal.boundary_smoothness:BoundarySmoothness", "boundary_smoothness")
 METRICS.add("narrastream.metrics.temporal.conditional_adjacent:ConditionalAdjacent", "conditional_adjacent")
 METRICS.add("narrastream.metrics.temporal.conditional_longrange:ConditionalLongrange", "conditional_longrange")

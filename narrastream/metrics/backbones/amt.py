@@ -49,8 +49,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from narrastream.metrics.backbones.provider import BackboneSpec, Precision
-from narrastream.metrics.backbones.weights import WeightSpec
 from narrastream.metrics.functional.motion import prediction_to_uint8
 
 #: architectures of :func:`build_amt`
@@ -594,40 +592,3 @@ class Interpolator:
             prediction = prediction[..., top:top + h, left:left + w].float().cpu()
             outputs.append(prediction_to_uint8(prediction).permute(0, 2, 3, 1).numpy())
         return np.concatenate(outputs)
-
-
-# ------------------------------------------------------------------------------ registration
-WEIGHT_SPEC = WeightSpec(
-    name="amt_s",
-    filename="amt-s.pth",
-    url="https://huggingface.co/lalala125/AMT/resolve/main/amt-s.pth",
-    # no published checksum could be confirmed offline; record the sha256 of a verified download to pin it
-    sha256=None,
-    hub_repo="lalala125/AMT",
-    hub_filename="amt-s.pth",
-    description="AMT-S frame interpolation (MCG-NKU), weights under 'state_dict'; motion_smoothness",
-)
-
-
-def _build(arch: str) -> nn.Module:
-    return build_amt(arch)
-
-
-def _load(path: Path) -> nn.Module:
-    return load_amt_checkpoint(path, "s")
-
-
-def _interpolator(model: nn.Module, device: torch.device, precision: Precision) -> Interpolator:
-    dtype = {"fp32": torch.float32, "fp16": torch.float16}[precision]
-    return Interpolator(model.to(device, dtype), device=device, dtype=dtype)
-
-
-BACKBONE_SPEC = BackboneSpec(
-    weights=WEIGHT_SPEC,
-    family="amt",
-    architectures={"full": "s", "tiny": "tiny"},
-    half_on_cuda=False,  # the official evaluator runs AMT in fp32
-    build=_build,
-    load=_load,
-    embedder=_interpolator,  # type: ignore[arg-type]  # an Interpolator, once provider's Backbone union lists it
-)

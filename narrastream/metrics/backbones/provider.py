@@ -25,7 +25,7 @@ import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Union
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Union
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from torch import nn
 from narrastream.metrics.backbones.raft import FlowEstimator
 from narrastream.metrics.backbones.weights import WEIGHTS, WeightSpec, file_identity, resolve_weights
 from narrastream.registry import RegistryError
+
+if TYPE_CHECKING:
+    from narrastream.metrics.backbones.amt import Interpolator
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +85,7 @@ class ImageEmbedder:
 
 
 #: what ``BackboneProvider.get`` hands to metrics
-Backbone = Union[ImageEmbedder, FlowEstimator]
+Backbone = Union[ImageEmbedder, FlowEstimator, "Interpolator"]
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,25 @@ def _raft_estimator(model: nn.Module, device: torch.device, precision: Precision
     return FlowEstimator(model.to(device, dtype), device=device, dtype=dtype)
 
 
+def _build_amt(arch: str) -> nn.Module:
+    from narrastream.metrics.backbones.amt import build_amt
+
+    return build_amt(arch)
+
+
+def _load_amt(path: Path) -> nn.Module:
+    from narrastream.metrics.backbones.amt import load_amt_checkpoint
+
+    return load_amt_checkpoint(path, "s")
+
+
+def _amt_interpolator(model: nn.Module, device: torch.device, precision: Precision) -> Backbone:
+    from narrastream.metrics.backbones.amt import Interpolator
+
+    dtype = _DTYPES[precision]
+    return Interpolator(model.to(device, dtype), device=device, dtype=dtype)
+
+
 BACKBONES: dict[str, BackboneSpec] = {
     "dino_vitb16": BackboneSpec(
         weights=WEIGHTS["dino_vitb16"],
@@ -186,6 +208,15 @@ BACKBONES: dict[str, BackboneSpec] = {
         build=_build_raft,
         load=_load_raft,
         embedder=_raft_estimator,
+    ),
+    "amt_s": BackboneSpec(
+        weights=WEIGHTS["amt_s"],
+        family="amt",
+        architectures={"full": "s", "tiny": "tiny"},
+        half_on_cuda=False,  # the official evaluator runs AMT in fp32
+        build=_build_amt,
+        load=_load_amt,
+        embedder=_amt_interpolator,
     ),
 }
 

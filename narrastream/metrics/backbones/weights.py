@@ -66,6 +66,16 @@ WEIGHTS: dict[str, WeightSpec] = {
         hub_filename="RAFT/models/raft-things.pth",
         description="RAFT (princeton-vl) trained on FlyingChairs+FlyingThings; temporal_flickering, boundary_smoothness",
     ),
+    "amt_s": WeightSpec(
+        name="amt_s",
+        filename="amt-s.pth",
+        url="https://huggingface.co/lalala125/AMT/resolve/main/amt-s.pth",
+        # no published checksum could be confirmed offline; record the sha256 of a verified download to pin it
+        sha256=None,
+        hub_repo="lalala125/AMT",
+        hub_filename="amt-s.pth",
+        description="AMT-S frame interpolation (MCG-NKU), weights under 'state_dict'; motion_smoothness",
+    ),
 }
 
 
