@@ -11,10 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import narrastream.metrics.backbones.provider as provider_module
 from narrastream.data.script import Script
 from narrastream.metrics.backbones import languagebind as lb
-from narrastream.metrics.backbones.provider import BackboneProvider
+from narrastream.metrics.backbones.provider import BACKBONES, BackboneProvider
 from narrastream.metrics.base import MetricContext
 from narrastream.metrics.functional.trajectory import (
     change_magnitude,
@@ -140,6 +139,12 @@ def test_metric_fallbacks_and_skips():
     result = DynamicTrajectory(**PARAMS).compute(_video(), ctx)
     assert result.status == "fallback" and any("uniform" in f for f in result.fallbacks)
     assert [item["weight"] for item in result.items] == pytest.approx([2 / 3, 2 / 3])
+    # 4 segments for 3 prompts (an official 7th tail segment): the first 3 are used, still planner-weighted
+    extra = MetricContext(script=Script(id=0, prompts=("p0", "p1", "p2")), backbones=_StubProvider(_StubEncoder(text, video)),
+                          segment_weights=[1, 2, 3])
+    tail = DynamicTrajectory(**PARAMS).compute(_video(num_segments=4), extra)
+    assert tail.status == "fallback" and len(tail.items) == 2
+    assert [item["weight"] for item in tail.items] == pytest.approx([0.5, 5 / 6])
     single = MetricContext(script=Script(id=0, prompts=("p0",)), backbones=_StubProvider(_StubEncoder(text, video)))
     skipped = DynamicTrajectory(**PARAMS).compute(_video(num_segments=1), single)
     assert skipped.status == "skipped" and skipped.score is None
@@ -272,7 +277,6 @@ def test_video_transform_matches_official_ops_and_never_flips(tiny_dir):
 
 
 def test_metric_end_to_end_tiny_random_weights(monkeypatch):
-    monkeypatch.setitem(provider_module.BACKBONES, "languagebind_video", lb.BACKBONE_SPEC)
     script = Script(id=0, prompts=("a red ball rolls", "the ball stops", "a blue cube appears"))
     scores = []
     for _ in range(2):
@@ -346,7 +350,6 @@ def test_forward_matches_a_reference_written_from_the_official_code(tiny_dir):
 
 def test_provider_finds_the_model_directory_under_the_weights_dir(tiny_dir, monkeypatch):
     directory, model = tiny_dir
-    monkeypatch.setitem(provider_module.BACKBONES, "languagebind_video", lb.BACKBONE_SPEC)
     provider = BackboneProvider({"source": "files", "dir": str(directory.parent), "device": "cpu"})
     encoder = provider.get("languagebind_video")
     assert isinstance(encoder, lb.VideoTextEncoder) and encoder.tokenizer is not None
@@ -357,17 +360,9 @@ def test_provider_finds_the_model_directory_under_the_weights_dir(tiny_dir, monk
         lb.resolve_languagebind_dir(directory.parent / "missing")
 
 
-def test_spec_uses_a_directory_resolver_when_the_provider_offers_the_hook(tiny_dir, monkeypatch):
-    import dataclasses
-    from typing import Any, Callable
-
-    @dataclasses.dataclass(frozen=True)
-    class SpecWithResolve(provider_module.BackboneSpec):
-        resolve: Callable[..., Any] | None = None
-
-    assert not hasattr(lb.BACKBONE_SPEC, "resolve")  # today's provider: file resolution
-    monkeypatch.setattr(provider_module, "BackboneSpec", SpecWithResolve)
-    spec = lb._make_spec()
+def test_registered_backbone_resolves_the_model_directory(tiny_dir):
     directory, _ = tiny_dir
-    assert spec.resolve(path=directory, weights_dir=None, allow_download=False) == directory / "pytorch_model.bin"
-    assert spec.resolve(path=None, weights_dir=directory.parent) == directory / "pytorch_model.bin"
+    spec = BACKBONES["languagebind_video"]
+    weights = directory / "pytorch_model.bin"
+    assert spec.find_checkpoint(path=str(directory), weights_dir=None, allow_download=False) == weights
+    assert spec.find_checkpoint(path=None, weights_dir=str(directory.parent), allow_download=False) == weights

@@ -110,6 +110,7 @@ METRICS.add("narrastream.metrics.quality.motion_smoothness:MotionSmoothness", "m
 METRICS.add("narrastream.metrics.temporal.boundary_smoothness:BoundarySmoothness", "boundary_smoothness")
 METRICS.add("narrastream.metrics.temporal.conditional_adjacent:ConditionalAdjacent", "conditional_adjacent")
 METRICS.add("narrastream.metrics.temporal.conditional_longrange:ConditionalLongrange", "conditional_longrange")
+METRICS.add("narrastream.metrics.instruction.dynamic_trajectory:DynamicTrajectory", "dynamic_trajectory")
 
 
 def build_metric(name: str, params: Mapping[str, Any] | None = None) -> Metric:

@@ -22,9 +22,9 @@ an activation absent from the file means the config class default, CLIP's ``quic
 ``full`` random build (no file) assumes GELU in both towers.
 
 **Decision: transformers' CLIP modules, not the ``languagebind`` package.** The ``languagebind``
-package pins ``transformers<5`` (it imports ``_expand_mask`` and other private helpers removed in
-transformers 5) and ``peft``/``pytorchvideo``/``decord``; installing it would downgrade the whole
-environment. The model differs from a CLIP only by the temporal block, so the towers are built from
+package pins ``transformers<5`` (its ``modeling_video.py`` imports ``_expand_mask`` and other
+private helpers that transformers 5's CLIP module no longer has) and pulls ``peft``/``pytorchvideo``/
+``decord``; installing it would downgrade the whole environment for one metric. The model differs from a CLIP only by the temporal block, so the towers are built from
 transformers 5's ``CLIPTextModel``, ``CLIPVisionEmbeddings``, ``CLIPAttention`` and a subclass of
 ``CLIPEncoderLayer`` (:class:`TemporalCLIPEncoderLayer`). Module names follow the official ones, so
 the official state dict loads *strictly*; the only key mapping (:func:`map_official_state_dict`)
@@ -41,9 +41,10 @@ a coin toss. Frames are picked by the caller (the metric uses ``linspace_indices
 
 **Text**: the model's own CLIP BPE tokenizer from the same directory (``vocab.json``/``merges.txt``/
 ``tokenizer.json``), ``max_length=77``, padding to 77, truncation at 77 tokens, as the official.
-transformers 5 loads it as its (tokenizers-backed) ``CLIPTokenizer``; the ``tokenizer_class``
-``LanguageBindVideoTokenizer`` in ``tokenizer_config.json`` is a renamed slow CLIPTokenizer and is not
-needed. Random (test) builds have no tokenizer files; they use :class:`HashTokenizer`, a deterministic
+transformers 5 loads it as its (tokenizers-backed) ``CLIPTokenizer`` from the same ``vocab.json``/
+``merges.txt``, offline (``local_files_only``); the official ``LanguageBindVideoTokenizer`` is the
+languagebind package's CLIP tokenizer class. For ordinary English prompts the ids are the same; text
+with unusual unicode may be cleaned differently (the slow tokenizer uses ``ftfy`` when installed). Random (test) builds have no tokenizer files; they use :class:`HashTokenizer`, a deterministic
 offline stand-in with the same interface (never used with checkpoint files).
 
 **Where the model comes from** (:func:`resolve_languagebind_dir`): the model is a *directory*
@@ -62,7 +63,7 @@ import math
 import os
 import re
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -638,66 +639,8 @@ class VideoTextEncoder:
 # ------------------------------------------------------------------------------------------ provider
 
 
-def _build(arch: str) -> nn.Module:
-    return build_languagebind(arch)
-
-
-def _load(path: Path) -> nn.Module:
-    return load_languagebind(path)
-
-
-def _encoder(model: nn.Module, device: torch.device, precision: str) -> VideoTextEncoder:
-    if precision != "fp32":
-        log.warning("%s: the official evaluator runs LanguageBind in fp32; running in %s", BACKBONE_NAME, precision)
-    return VideoTextEncoder(model, device=device, dtype=torch.float16 if precision == "fp16" else torch.float32)  # type: ignore[arg-type]
-
-
-def _resolve(*, path: Path | str | None = None, weights_dir: Path | str | None = None, allow_download: bool = False) -> Path:
-    return resolve_languagebind_weights(path, weights_dir=weights_dir, allow_download=allow_download)
-
-
-#: what a provider resolves when its ``BackboneSpec`` has no directory hook: a file inside the model directory
-WEIGHT_SPEC_FILENAME = f"{DIRNAME}/pytorch_model.bin"
-
-
-def _make_spec() -> Any:
-    """The provider entry. Resolution is by directory through ``resolve`` when ``BackboneSpec`` has
-    that (optional) field; otherwise the provider's file resolver finds ``DIR/pytorch_model.bin`` under
-    ``backbones.dir`` / ``$NARRASTREAM_WEIGHTS`` / the user cache (``backbones.paths`` must then name
-    that file), and :func:`load_languagebind` reads the rest of the directory next to it."""
-    import dataclasses
-
-    from narrastream.metrics.backbones.provider import BackboneSpec
-    from narrastream.metrics.backbones.weights import WeightSpec
-
-    extra: dict[str, Any] = {}
-    if "resolve" in {f.name for f in dataclasses.fields(BackboneSpec)}:
-        extra["resolve"] = _resolve
-    return BackboneSpec(
-        weights=WeightSpec(
-            name=BACKBONE_NAME,
-            filename=WEIGHT_SPEC_FILENAME,
-            url=None,
-            sha256=None,
-            # no hub_repo: a single-file hub fetch would miss config.json and the tokenizer; the
-            # directory resolver (resolve_languagebind_dir) fetches the whole model instead
-            hub_repo=None,
-            description="LanguageBind_Video_FT (video + text towers, directory with config and tokenizer); dynamic_trajectory",
-        ),
-        family="languagebind",
-        architectures={"full": "video_ft", "tiny": "tiny"},
-        half_on_cuda=False,  # the official evaluator runs it in fp32
-        build=lambda arch: _build("full" if arch == "video_ft" else arch),
-        load=_load,
-        embedder=_encoder,
-        **extra,
-    )
-
-
-BACKBONE_SPEC = _make_spec()
-
 __all__ = [
-    "ARCHS", "BACKBONE_NAME", "BACKBONE_SPEC", "CheckpointMismatchError", "HUB_REPO", "HashTokenizer",
+    "ARCHS", "BACKBONE_NAME", "CheckpointMismatchError", "HUB_REPO", "HashTokenizer",
     "LanguageBindArch", "LanguageBindVideoModel", "TemporalCLIPEncoderLayer", "VideoTextEncoder",
     "arch_from_config", "build_languagebind", "config_dict", "load_languagebind", "load_official_state_dict",
     "load_tokenizer", "map_official_state_dict", "resolve_languagebind_dir", "resolve_languagebind_weights",

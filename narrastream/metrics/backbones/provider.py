@@ -38,6 +38,7 @@ from narrastream.registry import RegistryError
 
 if TYPE_CHECKING:
     from narrastream.metrics.backbones.amt import Interpolator
+    from narrastream.metrics.backbones.languagebind import VideoTextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class ImageEmbedder:
 
 
 #: what ``BackboneProvider.get`` hands to metrics
-Backbone = Union[ImageEmbedder, FlowEstimator, "Interpolator"]
+Backbone = Union[ImageEmbedder, FlowEstimator, "Interpolator", "VideoTextEncoder"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,14 @@ class BackboneSpec:
     load: Callable[[Path], nn.Module]
     #: wraps the loaded model for metrics: an ImageEmbedder, or a FlowEstimator for optical flow
     embedder: Callable[[nn.Module, torch.device, Precision], Backbone]
+    #: finds the checkpoint (``path=, weights_dir=, allow_download=``); default: ``resolve_weights``
+    #: of ``weights``. Models that are a directory (config, weights, tokenizer) bring their own.
+    resolve: Callable[..., Path] | None = None
+
+    def find_checkpoint(self, *, path: str | None, weights_dir: str | None, allow_download: bool) -> Path:
+        if self.resolve is not None:
+            return self.resolve(path=path, weights_dir=weights_dir, allow_download=allow_download)
+        return resolve_weights(self.weights, path=path, weights_dir=weights_dir, allow_download=allow_download)
 
 
 def _build_dino(arch: str) -> nn.Module:
@@ -181,6 +190,30 @@ def _amt_interpolator(model: nn.Module, device: torch.device, precision: Precisi
     return Interpolator(model.to(device, dtype), device=device, dtype=dtype)
 
 
+def _build_languagebind(arch: str) -> nn.Module:
+    from narrastream.metrics.backbones.languagebind import build_languagebind
+
+    return build_languagebind("full" if arch == "video_ft" else arch)
+
+
+def _load_languagebind(path: Path) -> nn.Module:
+    from narrastream.metrics.backbones.languagebind import load_languagebind
+
+    return load_languagebind(path)  # the weights file inside the model directory: config and tokenizer beside it
+
+
+def _languagebind_encoder(model: nn.Module, device: torch.device, precision: Precision) -> Backbone:
+    from narrastream.metrics.backbones.languagebind import VideoTextEncoder
+
+    return VideoTextEncoder(model, device=device, dtype=_DTYPES[precision])
+
+
+def _resolve_languagebind(*, path: str | None, weights_dir: str | None, allow_download: bool) -> Path:
+    from narrastream.metrics.backbones.languagebind import resolve_languagebind_weights
+
+    return resolve_languagebind_weights(path, weights_dir=weights_dir, allow_download=allow_download)
+
+
 BACKBONES: dict[str, BackboneSpec] = {
     "dino_vitb16": BackboneSpec(
         weights=WEIGHTS["dino_vitb16"],
@@ -217,6 +250,16 @@ BACKBONES: dict[str, BackboneSpec] = {
         build=_build_amt,
         load=_load_amt,
         embedder=_amt_interpolator,
+    ),
+    "languagebind_video": BackboneSpec(
+        weights=WEIGHTS["languagebind_video"],
+        family="languagebind",
+        architectures={"full": "video_ft", "tiny": "tiny"},
+        half_on_cuda=False,  # the official evaluator runs LanguageBind in fp32
+        build=_build_languagebind,
+        load=_load_languagebind,
+        embedder=_languagebind_encoder,
+        resolve=_resolve_languagebind,
     ),
 }
 
@@ -293,8 +336,8 @@ class BackboneProvider:
             identity.update(path=None, sha256=None, size=None, seed=self.seed)
             log.info("backbone %s: random %s weights (seed %d)", name, architecture, self.seed)
         else:
-            path = resolve_weights(
-                spec.weights, path=self.paths.get(name), weights_dir=self.weights_dir, allow_download=self.allow_download
+            path = spec.find_checkpoint(
+                path=self.paths.get(name), weights_dir=self.weights_dir, allow_download=self.allow_download
             )
             model = spec.load(path)
             identity.update(file_identity(path), seed=None)

@@ -76,6 +76,13 @@ WEIGHTS: dict[str, WeightSpec] = {
         hub_filename="amt-s.pth",
         description="AMT-S frame interpolation (MCG-NKU), weights under 'state_dict'; motion_smoothness",
     ),
+    # A model directory (config.json, weights, tokenizer), found by languagebind.resolve_languagebind_dir:
+    # backbones.paths.languagebind_video=DIR, else <weights dir>/LanguageBind_Video_FT, the cache, the hub.
+    "languagebind_video": WeightSpec(
+        name="languagebind_video",
+        filename="LanguageBind_Video_FT/pytorch_model.bin",
+        description="LanguageBind_Video_FT (video + text towers, directory with config and tokenizer); dynamic_trajectory",
+    ),
 }
 
 

@@ -12,8 +12,9 @@ transition weights ``w_i + w_i+1`` of the planner segment weights.
 Fallbacks, always recorded:
 
 * planner weights missing or not one per segment: uniform transition weights (the official rule);
-* segments and prompts differ in number: only the first ``min`` are used (the official rule) and
-  the transition weights are uniform.
+* segments and prompts differ in number: only the first ``min`` are used (the official rule); the
+  planner weights still apply when every prompt has its segment (more segments than prompts), and
+  are uniform otherwise (the official rule: they apply only with one transition per prompt pair).
 
 A video with a single segment (or a single prompt) has no transition: status ``skipped``, score
 None (the official evaluator scores None and leaves the sample out).
@@ -71,13 +72,14 @@ class DynamicTrajectory(Metric):
             center=float(p["center"]), temp=float(p["temp"]), tau_on=float(p["tau_on"]), tau_off=float(p["tau_off"]),
         )
         if n != video.num_segments or n != len(prompts):
-            fallbacks.append(f"segments: the first {n} of {video.num_segments} segments and {len(prompts)} prompts used; "
-                             "transition weights uniform")
-            weights = [1.0 / n] * n
-        else:
+            fallbacks.append(f"segments: {video.num_segments} segments for {len(prompts)} prompts; the first {n} used")
+        if n == len(prompts):  # the official rule: planner weights apply when there is one transition per prompt pair
             weights, weight_fallback = resolve_segment_weights(ctx.segment_weights, n)
             if weight_fallback:
                 fallbacks.append(weight_fallback)
+        else:
+            weights = [1.0 / n] * n
+            fallbacks.append(f"segment_weights: uniform ({len(prompts)} prompts but only {n} segments)")
         transitions = transition_weights(weights)
         items: list[dict[str, Any]] = []
         for record, weight in zip(records, transitions):
