@@ -29,8 +29,9 @@ def test_tiny_preset_shrinks_everything():
 
 def test_every_protocol_metric_belongs_to_a_dimension():
     protocol = compose_config([])["protocol"]
-    listed = {m for ms in protocol["dimensions"].values() for m in ms}
-    assert len(listed) == 11 and set(protocol["run_metrics"]) <= listed
+    listed = [m for ms in protocol["dimensions"].values() for m in ms]
+    assert len(listed) == len(set(listed)) == 11  # each metric in exactly one dimension
+    assert set(protocol["run_metrics"]) <= set(listed)
     assert set(protocol["run_metrics"]) <= set(protocol["metrics"])
 
 
