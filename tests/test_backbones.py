@@ -315,7 +315,7 @@ def test_provider_loads_once_and_embeds():
 
 def test_provider_rejects_unknown_names_and_config():
     provider = BackboneProvider({"source": "random", "size": "tiny"})
-    with pytest.raises(KeyError, match="known: amt_s, clip_vitb32, dino_vitb16, languagebind_video, raft_things"):
+    with pytest.raises(KeyError, match="known: amt_s, clip_vitb32, dino_vitb16, languagebind_video, raft_things, vtss_koala"):
         provider.get("dino_vitb8")
     with pytest.raises(ValueError, match="unknown backbones config keys"):
         BackboneProvider({"sorce": "random"})

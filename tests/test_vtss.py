@@ -119,7 +119,7 @@ def test_full_architecture_keys_and_shapes_match_swin_tiny_grpb():
 def test_fragment_gate_is_zero_within_a_fragment():
     # 56x56 tokens (stage 1 of a 224 input): 8x8 tokens per fragment, window 7x7 unshifted
     gate = fragment_gate(2, 56, 56, (2, 7, 7), (0, 0, 0), torch.device("cpu"))
-    assert gate.shape == (2 * 8 * 8 // 2 * 1, 98, 98) or gate.shape[1:] == (98, 98)
+    assert gate.shape == (64, 98, 98)
     assert gate[0].max() == 0  # the first window lies inside fragment (0, 0)
     stage4 = fragment_gate(8, 7, 7, (8, 7, 7), (0, 0, 0), torch.device("cpu"))
     assert int(stage4[0, 0, 48]) == 12  # token (0,0) vs (6,6): |0-6| + |0-6|
@@ -160,12 +160,14 @@ def test_scorer_normalises_and_averages_the_map():
     assert torch.allclose(x.flatten(), torch.tensor([(124 - 123.675) / 58.395, (116 - 116.28) / 57.12, (104 - 103.53) / 57.375]))
 
     class Map(torch.nn.Module):
-        def forward(self, x):  # a "quality map" equal to the clip index + 1, of two sizes per clip
-            return (x[:, :1, :2, :1, :1] * 0 + torch.arange(1, len(x) + 1).view(-1, 1, 1, 1, 1)).float()
+        def forward(self, x):  # a "quality map": the normalised red channel, (B, 1, 2, 1, 1)
+            return x[:, :1, :2, :1, :1]
 
     scorer = QualityScorer(Map())
     clips = np.zeros((3, 2, 4, 4, 3), np.uint8)
-    assert scorer.score(clips, batch_size=2) == pytest.approx(2.0)
+    clips[:, :, :, :, 0] = np.array([10, 100, 250], np.uint8)[:, None, None, None]
+    expected = np.mean([(v - 123.675) / 58.395 for v in (10, 100, 250)])
+    assert scorer.score(clips, batch_size=2) == pytest.approx(expected, rel=1e-6)
     assert scorer.score(clips, batch_size=1) == scorer.score(clips, batch_size=3)
 
 
@@ -296,3 +298,88 @@ def test_metric_end_to_end_with_tiny_random_weights(registered):
     assert first.details["raw_pooled"] == pytest.approx(weighted_mean(raws, [0.5, 0.25, 0.25]))
     assert first.score == anchored_linear(first.details["raw_pooled"], 0.02, 0.075)
     assert provider.identity("vtss_koala")["architecture"] == "vtss-tiny"
+
+
+# ------------------------------------------------------- cross-check against torchvision's Video Swin
+def _torchvision_swin3d(arch_cfg):
+    from narrastream._compat import ensure_torchvision
+
+    ensure_torchvision()
+    swin = pytest.importorskip("torchvision.models.video.swin_transformer")
+    return swin.SwinTransformer3d(
+        patch_size=list(arch_cfg["patch_size"]), embed_dim=arch_cfg["embed_dim"], depths=list(arch_cfg["depths"]),
+        num_heads=list(arch_cfg["num_heads"]), window_size=list(arch_cfg["window_size"]), stochastic_depth_prob=0.0,
+    ).eval()
+
+
+def _from_torchvision(state):
+    """torchvision SwinTransformer3d names -> ours (features.{0,2,4,6} stages, {1,3,5} merges)."""
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] in ("patch_embed", "norm"):
+            out[key] = value
+        elif parts[0] == "features":
+            i = int(parts[1])
+            if i % 2 == 0:
+                rest = ".".join(parts[3:]).replace("mlp.0.", "mlp.fc1.").replace("mlp.3.", "mlp.fc2.")
+                out[f"layers.{i // 2}.blocks.{parts[2]}.{rest}"] = value
+            else:
+                out[f"layers.{i // 2}.downsample." + ".".join(parts[2:])] = value
+    return out
+
+
+@pytest.mark.parametrize("same_fragment_tables", [True, False])
+def test_backbone_matches_torchvision_video_swin_when_the_gate_is_neutral(same_fragment_tables):
+    """With fragment tables equal to the relative ones, B = R g + R (1 - g) = R: plain Video Swin."""
+    from narrastream.metrics.backbones.vtss import ARCHS
+
+    torch.manual_seed(0)
+    reference = _torchvision_swin3d(ARCHS["tiny"])
+    with torch.no_grad():
+        for name, p in reference.named_parameters():
+            if "bias" in name:
+                p.normal_(0, 0.5)
+    ours = build_vtss("tiny").fragments_backbone
+    state = _from_torchvision(reference.state_dict())
+    for key in list(state):
+        if key.endswith("relative_position_bias_table") and not key.startswith("layers.3"):
+            table = state[key]
+            state[key.replace("relative", "fragment")] = table if same_fragment_tables else 3 * torch.randn_like(table)
+    ours.load_state_dict(state, strict=True)
+    x = torch.randn(1, 3, 8, 128, 128)  # tokens 4x32x32 .. 4x4x4: no window shrinks, padding at every stage
+    with torch.inference_mode():
+        expected = reference.norm(reference.features(reference.patch_embed(x)))
+        got = ours(x).permute(0, 2, 3, 4, 1)
+    assert got.shape == expected.shape == (1, 4, 4, 4, 64)
+    if same_fragment_tables:
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    else:
+        assert (got - expected).abs().max() > 1e-3  # 10x the tolerance above (small-init residual stream)
+
+
+def test_metric_at_the_protocol_sampling_with_tiny_weights(registered):
+    """The protocol geometry (4 clips x 32 frames, 7x7 patches of 32): 160x200 frames are upsampled."""
+    provider = BackboneProvider({"source": "random", "size": "tiny", "device": "cpu"})
+    video = _video(num_frames=40, segments=1, h=160, w=200, seed=5)
+    metric = Vtss(**PARAMS)
+    result = metric.compute(video, _ctx(provider, weights=[1], prompts=1))
+    assert result.status == "ok" and 0.0 <= result.score <= 1.0
+    assert result.items[0]["first_frames"] == [0, 10, 20, 30]
+    assert result.score == anchored_linear(result.items[0]["raw"], 0.02, 0.075)
+    reseeded = Vtss(**dict(PARAMS, fragment_seed=1)).compute(video, _ctx(provider, weights=[1], prompts=1))
+    # 160x200: cells of 22 / 28 px are no larger than a patch, so every offset is 0 and the seed is moot
+    assert reseeded.items[0]["raw"] == result.items[0]["raw"]
+    large = _video(num_frames=40, segments=1, h=256, w=512, seed=5)  # cells of 36 / 73 px: random offsets
+    raws = [Vtss(**dict(PARAMS, fragment_seed=s)).compute(large, _ctx(provider, weights=[1], prompts=1)).items[0]["raw"]
+            for s in (0, 0, 1)]
+    assert raws[0] == raws[1] != raws[2]
+
+
+def test_a_missing_backbone_raises_instead_of_failing_the_sample():
+    class Missing:
+        def get(self, name):
+            raise FileNotFoundError("vtss/infer.pth not found")
+
+    with pytest.raises(FileNotFoundError):
+        Vtss(**SMALL).compute(_video(), _ctx(Missing()))

@@ -107,6 +107,7 @@ METRICS.add("narrastream.metrics.quality.subject_consistency:SubjectConsistency"
 METRICS.add("narrastream.metrics.quality.background_consistency:BackgroundConsistency", "background_consistency")
 METRICS.add("narrastream.metrics.quality.temporal_flickering:TemporalFlickering", "temporal_flickering")
 METRICS.add("narrastream.metrics.quality.motion_smoothness:MotionSmoothness", "motion_smoothness")
+METRICS.add("narrastream.metrics.quality.vtss:Vtss", "vtss")
 METRICS.add("narrastream.metrics.temporal.boundary_smoothness:BoundarySmoothness", "boundary_smoothness")
 METRICS.add("narrastream.metrics.temporal.conditional_adjacent:ConditionalAdjacent", "conditional_adjacent")
 METRICS.add("narrastream.metrics.temporal.conditional_longrange:ConditionalLongrange", "conditional_longrange")

@@ -39,6 +39,7 @@ from narrastream.registry import RegistryError
 if TYPE_CHECKING:
     from narrastream.metrics.backbones.amt import Interpolator
     from narrastream.metrics.backbones.languagebind import VideoTextEncoder
+    from narrastream.metrics.backbones.vtss import QualityScorer
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class ImageEmbedder:
 
 
 #: what ``BackboneProvider.get`` hands to metrics
-Backbone = Union[ImageEmbedder, FlowEstimator, "Interpolator", "VideoTextEncoder"]
+Backbone = Union[ImageEmbedder, FlowEstimator, "Interpolator", "VideoTextEncoder", "QualityScorer"]
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,25 @@ def _amt_interpolator(model: nn.Module, device: torch.device, precision: Precisi
     return Interpolator(model.to(device, dtype), device=device, dtype=dtype)
 
 
+def _build_vtss(arch: str) -> nn.Module:
+    from narrastream.metrics.backbones.vtss import build_vtss
+
+    return build_vtss(arch)
+
+
+def _load_vtss(path: Path) -> nn.Module:
+    from narrastream.metrics.backbones.vtss import load_vtss_checkpoint
+
+    return load_vtss_checkpoint(path, "full")
+
+
+def _vtss_scorer(model: nn.Module, device: torch.device, precision: Precision) -> Backbone:
+    from narrastream.metrics.backbones.vtss import QualityScorer
+
+    dtype = _DTYPES[precision]
+    return QualityScorer(model.to(device, dtype), device=device, dtype=dtype)
+
+
 def _build_languagebind(arch: str) -> nn.Module:
     from narrastream.metrics.backbones.languagebind import build_languagebind
 
@@ -250,6 +270,15 @@ BACKBONES: dict[str, BackboneSpec] = {
         build=_build_amt,
         load=_load_amt,
         embedder=_amt_interpolator,
+    ),
+    "vtss_koala": BackboneSpec(
+        weights=WEIGHTS["vtss_koala"],
+        family="vtss",
+        architectures={"full": "full", "tiny": "tiny"},
+        half_on_cuda=False,  # no half precision is documented for VTSS: fp32
+        build=_build_vtss,
+        load=_load_vtss,
+        embedder=_vtss_scorer,
     ),
     "languagebind_video": BackboneSpec(
         weights=WEIGHTS["languagebind_video"],

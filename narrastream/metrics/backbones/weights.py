@@ -76,6 +76,16 @@ WEIGHTS: dict[str, WeightSpec] = {
         hub_filename="amt-s.pth",
         description="AMT-S frame interpolation (MCG-NKU), weights under 'state_dict'; motion_smoothness",
     ),
+    "vtss_koala": WeightSpec(
+        name="vtss_koala",
+        filename="vtss/infer.pth",
+        url="https://huggingface.co/Koala-36M/Training_Suitability_Assessment/resolve/main/infer.pth",
+        # no published checksum could be confirmed offline; record the sha256 of a verified download to pin it
+        sha256=None,
+        hub_repo="Koala-36M/Training_Suitability_Assessment",
+        hub_filename="infer.pth",
+        description="Koala-36M Training Suitability Assessment (FAST-VQA DiViDeAddEvaluator, swin_tiny_grpb), weights under 'state_dict'; vtss",
+    ),
     # A model directory (config.json, weights, tokenizer), found by languagebind.resolve_languagebind_dir:
     # backbones.paths.languagebind_video=DIR, else <weights dir>/LanguageBind_Video_FT, the cache, the hub.
     "languagebind_video": WeightSpec(

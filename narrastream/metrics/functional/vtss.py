@@ -42,7 +42,7 @@ def anchored_linear(raw: float, low: float, high: float) -> float:
         ValueError: unless ``high > low`` and ``raw`` is finite.
 
     Example:
-        >>> anchored_linear(0.0475, 0.02, 0.075)
+        >>> round(anchored_linear(0.0475, 0.02, 0.075), 12)
         0.5
         >>> anchored_linear(0.01, 0.02, 0.075), anchored_linear(0.2, 0.02, 0.075)
         (0.0, 1.0)

@@ -67,11 +67,11 @@ class Vtss(Metric):
         for k, n in enumerate(video.segment_lengths):
             item: dict[str, Any] = {"segment": k, "num_frames": n}
             items.append(item)
+            if scorer is None and n > 0:  # a missing checkpoint is a setup error: it raises, it does not fail the sample
+                scorer = ctx.backbones.get(p["backbone"])
             try:
                 if n <= 0:
                     raise ValueError("empty segment")
-                if scorer is None:
-                    scorer = ctx.backbones.get(p["backbone"])
                 indices = fragment_indices(n, clip_len=clip_len, num_clips=num_clips, interval=interval)
                 frames = video.segment(k)[np.asarray(indices).reshape(-1)]
                 fragments = assemble_fragments(frames, segment_generator(seed, k), grid=grid, patch=patch, aligned=clip_len)
