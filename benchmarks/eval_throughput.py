@@ -59,6 +59,14 @@ class ForwardTimer:
         self.seconds += time.perf_counter() - self._start
 
 
+def torch_module(backbone: Any) -> torch.nn.Module:
+    """The network inside a provider backbone (embedders keep it as ``module``, LanguageBind as ``model``)."""
+    module = getattr(backbone, "module", None) or getattr(backbone, "model", None)
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"{type(backbone).__name__}: no torch module to time")
+    return module
+
+
 def make_video(folder: Path, seconds: float, width: int, height: int, fps: float, segments: int) -> Path:
     path = folder / f"throughput-{seconds:g}s-{width}x{height}-{fps:g}fps.mp4"
     if not path.is_file():
@@ -97,7 +105,7 @@ def main() -> None:
         if backbone not in timers:
             started = time.perf_counter()
             timers[backbone] = ForwardTimer()
-            timers[backbone].attach(provider.get(backbone).module)
+            timers[backbone].attach(torch_module(provider.get(backbone)))
             build_seconds[backbone] = time.perf_counter() - started
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
