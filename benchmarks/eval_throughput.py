@@ -36,27 +36,38 @@ from narrastream.video import SegmentedVideo, SegmentRule
 
 
 class ForwardTimer:
-    """Accumulates wall time spent inside a module's forward (synchronising CUDA when present)."""
+    """Wall time spent inside a network, from forward hooks (synchronising CUDA when present).
+
+    Hooks sit on the top module and its direct children, with a depth counter so nested calls count
+    once: models called through ``forward`` are timed whole, and models whose wrapper calls
+    sub-networks directly (LanguageBind's ``video_features`` / ``text_features``) are still timed.
+    """
 
     def __init__(self) -> None:
         self.seconds = 0.0
         self._start = 0.0
+        self._depth = 0
 
     def attach(self, module: torch.nn.Module) -> None:
-        module.register_forward_pre_hook(self._pre)
-        module.register_forward_hook(self._post)
+        for m in (module, *module.children()):
+            m.register_forward_pre_hook(self._pre)
+            m.register_forward_hook(self._post)
 
     def _sync(self) -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
 
     def _pre(self, *_: Any) -> None:
-        self._sync()
-        self._start = time.perf_counter()
+        if self._depth == 0:
+            self._sync()
+            self._start = time.perf_counter()
+        self._depth += 1
 
     def _post(self, *_: Any) -> None:
-        self._sync()
-        self.seconds += time.perf_counter() - self._start
+        self._depth -= 1
+        if self._depth == 0:
+            self._sync()
+            self.seconds += time.perf_counter() - self._start
 
 
 def torch_module(backbone: Any) -> torch.nn.Module:
