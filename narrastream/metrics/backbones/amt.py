@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from narrastream.metrics.backbones.weights import load_state_strict
 from narrastream.metrics.functional.motion import prediction_to_uint8
 
 #: architectures of :func:`build_amt`
@@ -496,22 +497,7 @@ def load_amt_checkpoint(path: Path | str, arch: str = "s") -> AMT:
     path = Path(path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     state = {key.removeprefix("module."): value for key, value in _state_dict_of(checkpoint, path).items()}
-    model = build_amt(arch)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(
-        f"{key} {tuple(state[key].shape)} (expected {tuple(expected[key].shape)})"
-        for key in set(state) & set(expected) if tuple(state[key].shape) != tuple(expected[key].shape)
-    )
-    if missing or unexpected or mismatched:
-        lines = [f"{path}: does not match AMT-{arch} ({len(expected)} tensors)"]
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
-            if keys:
-                lines.append(f"  {label} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
-        raise ValueError("\n".join(lines))
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+    return load_state_strict(build_amt(arch), state, path, f"AMT-{arch}")
 
 
 # ---------------------------------------------------------------------------------- for metrics

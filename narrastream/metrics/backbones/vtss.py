@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from narrastream.metrics.backbones.weights import load_state_strict
+
 #: the checkpoint stores the weights under this key
 CHECKPOINT_KEY = "state_dict"
 #: ImageNet statistics on the 0..255 scale, applied to the assembled fragments
@@ -326,22 +328,7 @@ def load_vtss_checkpoint(path: Path | str, arch: str = "full") -> VTSSEvaluator:
         keys = list(checkpoint)[:10] if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
         raise ValueError(f"{path}: expected the weights under {CHECKPOINT_KEY!r}, found {keys}")
     state = {str(k).removeprefix("module."): v for k, v in checkpoint[CHECKPOINT_KEY].items()}
-    model = VTSSEvaluator(arch)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(
-        f"{key} {tuple(state[key].shape)} (expected {tuple(expected[key].shape)})"
-        for key in set(state) & set(expected) if tuple(state[key].shape) != tuple(expected[key].shape)
-    )
-    if missing or unexpected or mismatched:
-        lines = [f"{path}: does not match VTSS-{arch} ({len(expected)} tensors)"]
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
-            if keys:
-                lines.append(f"  {label} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
-        raise ValueError("\n".join(lines))
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+    return load_state_strict(VTSSEvaluator(arch), state, path, f"VTSS-{arch}")
 
 
 # ---------------------------------------------------------------------------------- for metrics

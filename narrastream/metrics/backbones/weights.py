@@ -12,10 +12,13 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from narrastream.hashing import sha256_file
 from narrastream.paths import cache_dir
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -210,3 +213,23 @@ def resolve_weights(
     if allow_download and spec.url:
         return _download(spec, cache_dir() / "weights" / spec.filename)
     raise WeightsNotFoundError(spec, tried)
+
+
+def load_state_strict(model: "torch.nn.Module", state: dict[str, Any], path: Path | str, label: str) -> "torch.nn.Module":
+    """``model.load_state_dict(state, strict=True)``, but a mismatch is a ValueError that lists the
+    missing, unexpected and wrongly shaped keys (the first 20 of each) and names the file."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(
+        f"{key} {tuple(state[key].shape)} (expected {tuple(expected[key].shape)})"
+        for key in set(state) & set(expected) if tuple(state[key].shape) != tuple(expected[key].shape)
+    )
+    if missing or unexpected or mismatched:
+        lines = [f"{path}: does not match {label} ({len(expected)} tensors)"]
+        for kind, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+            if keys:
+                lines.append(f"  {kind} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
+        raise ValueError("\n".join(lines))
+    model.load_state_dict(state, strict=True)
+    return model.eval()
