@@ -15,6 +15,7 @@ from narrastream.registry import Registry
 
 if TYPE_CHECKING:  # keep this module importable without torch
     from narrastream.data.script import Script
+    from narrastream.judges import JudgeSet
     from narrastream.metrics.backbones.provider import BackboneProvider
     from narrastream.protocol.annotations import ScriptAnnotations
     from narrastream.video.segments import SegmentedVideo
@@ -65,6 +66,12 @@ class MetricContext:
     annotations: "ScriptAnnotations | None" = None
     #: planner segment-importance weights for this script; defaults to the annotations' weights
     segment_weights: Sequence[float] | None = None
+    #: the judges (:class:`narrastream.judges.JudgeSet`), None for ``judge=none``
+    judges: "JudgeSet | None" = None
+    #: how key frames are sent to the judge: ``{"max_side": int | None, "quality": int}``
+    judge_images: Mapping[str, Any] | None = None
+    #: per-video artefacts shared between metrics (e.g. JPEG key frames), dropped with the context
+    shared: dict[Any, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.segment_weights is None and self.annotations is not None:
@@ -112,6 +119,8 @@ METRICS.add("narrastream.metrics.temporal.boundary_smoothness:BoundarySmoothness
 METRICS.add("narrastream.metrics.temporal.conditional_adjacent:ConditionalAdjacent", "conditional_adjacent")
 METRICS.add("narrastream.metrics.temporal.conditional_longrange:ConditionalLongrange", "conditional_longrange")
 METRICS.add("narrastream.metrics.instruction.dynamic_trajectory:DynamicTrajectory", "dynamic_trajectory")
+METRICS.add("narrastream.metrics.instruction.entity_grounding:EntityGrounding", "entity_grounding")
+METRICS.add("narrastream.metrics.instruction.vlm_score:VlmScore", "vlm_score")
 
 
 def build_metric(name: str, params: Mapping[str, Any] | None = None) -> Metric:

@@ -18,6 +18,7 @@ so in its record (status ``fallback``). Blank lines and lines starting with ``#`
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,11 @@ from narrastream.hashing import sha256_file
 
 MAX_ENTITIES_PER_SEGMENT = 4
 MAX_ATTRIBUTES_PER_ENTITY = 5
+
+
+def prompts_sha256(prompts: Iterable[str]) -> str:
+    """The identity of a script's prompts: annotations made for other prompts are never applied."""
+    return hashlib.sha256(json.dumps(list(prompts), ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 class AnnotationsError(ValueError):
@@ -48,6 +54,8 @@ class ScriptAnnotations:
     continuity: tuple[bool, ...] | None = None
     entity_groups: dict[str, tuple[int, ...]] | None = None
     segment_entities: tuple[tuple[Entity, ...], ...] | None = None
+    #: sha256 of the prompts annotated (:func:`prompts_sha256`); None = not tied to prompts
+    prompts_sha256: str | None = None
 
     def fingerprint(self) -> str:
         """A stable text form, part of each record's cache key: new annotations recompute scores."""
@@ -80,6 +88,16 @@ class NarrativeAnnotations:
 
     def get(self, script_id: int) -> ScriptAnnotations | None:
         return self.scripts.get(script_id)
+
+    def for_script(self, script_id: int, prompts: Iterable[str]) -> tuple[ScriptAnnotations | None, str | None]:
+        """The annotations of a script if they were made for these prompts, else None and why."""
+        ann = self.scripts.get(script_id)
+        if ann is None:
+            return None, None if self.source == "none" else f"script {script_id} has no annotations in {self.source}"
+        if ann.prompts_sha256 is not None and ann.prompts_sha256 != prompts_sha256(prompts):
+            return None, (f"the annotations of script {script_id} in {self.source} were made for other prompts "
+                          "(prompts_sha256 differs); not applied")
+        return ann, None
 
     def identity(self) -> dict[str, Any]:
         return {"source": self.source, "path": str(self.path) if self.path else None, "sha256": self.sha256,
@@ -118,7 +136,16 @@ def parse_script_annotations(obj: Any, where: str = "annotations") -> ScriptAnno
         continuity=_flags(obj.get("continuity"), where),
         entity_groups=_groups(obj.get("entity_groups"), where),
         segment_entities=_segment_entities(obj.get("segment_entities"), where),
+        prompts_sha256=_sha(obj.get("prompts_sha256"), where),
     )
+
+
+def _sha(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) != 64:
+        raise AnnotationsError(f"{where}: 'prompts_sha256' must be a 64-character hex digest")
+    return value
 
 
 def _weights(value: Any, where: str) -> tuple[int, ...] | None:
