@@ -1,4 +1,5 @@
-"""The ``narrastream`` console script: data checks and export, leaderboards, registry listings.
+"""The ``narrastream`` console script: data checks and export, narrative annotations (verify, annotate),
+protocol checks, leaderboards, registry listings, and ``serve-judge``.
 
 Runs themselves go through the Hydra app ``python -m narrastream.run``. Exit code 2 means bad input
 (the message names the file, line and problem).
@@ -64,6 +65,95 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve_judge(args: argparse.Namespace) -> int:
+    from narrastream.judges.serve import serve_judge
+
+    if args.stand_in:
+        from narrastream.judges.serve import serve_stand_in
+
+        serve_stand_in(args.host, args.port)
+        return 0
+    if args.max_tokens < 1:
+        raise ValueError("--max-tokens must be >= 1")
+    serve_judge(args.model, args.host, args.port, device=args.device, dtype=args.dtype, max_tokens=args.max_tokens)
+    return 0
+
+
+def _cmd_annotations_verify(args: argparse.Namespace) -> int:
+    from narrastream.data import load_benchmark
+    from narrastream.harness.session import SHIPPED_ANNOTATIONS
+    from narrastream.paths import benchmark_data_dir
+    from narrastream.protocol.annotation_checks import load_cast, verify
+    from narrastream.protocol.annotations import NarrativeAnnotations
+
+    path = Path(args.file) if args.file else benchmark_data_dir() / SHIPPED_ANNOTATIONS
+    annotations = NarrativeAnnotations.load(path)
+    bench = load_benchmark(args.path)
+    problems = verify(annotations, bench.scripts, load_cast())
+    for problem in problems[:100]:
+        print(f"{path}: {problem}")
+    if len(problems) > 100:
+        print(f"... and {len(problems) - 100} more")
+    entities = sum(len(seg) for a in annotations.scripts.values() for seg in a.segment_entities or ())
+    print(f"{path}: {len(annotations.scripts)} scripts annotated, {bench.total} in {bench.path.name}, "
+          f"{entities} segment entities; sha256 {annotations.sha256}")
+    print(f"{len(problems)} problem(s)" if problems else "ok: every check passed")
+    return EXIT_BAD_INPUT if problems else 0
+
+
+def _cmd_annotate(args: argparse.Namespace) -> int:
+    from narrastream.config import compose_config
+    from narrastream.data import load_benchmark
+    from narrastream.judges import build_judges
+    from narrastream.protocol.live_annotations import annotate_scripts, to_jsonl_line
+
+    cfg = compose_config([f"judge={args.judge}", *(["judge.cache=false"] if args.no_cache else []), *args.set])
+    judges = build_judges(cfg["judge"])
+    if judges is None:
+        raise ValueError("--judge none cannot annotate; choose a judge preset (eval_configs/judge/)")
+    bench = load_benchmark(args.path, ids=args.ids)
+    try:
+        annotations, failures = annotate_scripts(judges, bench.scripts, workers=int(cfg["judge"].get("concurrency", 4)))
+    finally:
+        judges.close()
+    ident = judges.identity()
+    header = (f"# Narrative annotations asked live by `narrastream annotate` from planner {ident['planner']['model']} "
+              f"and MLLM {ident['vlm']['model']} at {ident['vlm']['endpoint']}.\n")
+    lines = [to_jsonl_line(annotations.scripts[s.id]) for s in bench.scripts]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(header + "\n".join(lines) + "\n", encoding="utf-8")
+    for sid, errors in sorted(failures.items()):
+        for error in errors:
+            print(f"script {sid}: {error}", file=sys.stderr)
+    stats = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in judges.stats().items())
+    print(f"wrote {len(lines)} scripts to {out} ({len(failures)} with failed questions); judge: {stats}")
+    return 3 if failures else 0
+
+
+def _cmd_check_reference(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from narrastream.paths import reports_dir
+    from narrastream.protocol.aggregate import dimension_scores
+    from narrastream.report.leaderboard import load_protocol
+
+    dims = load_protocol()["dimensions"]
+    path = Path(args.csv) if args.csv else reports_dir() / "reference" / "narrastream_bench_published.csv"
+    published = pd.read_csv(path)
+    rows = []
+    for _, row in published.iterrows():
+        recomputed = dimension_scores({m: row[m] for ms in dims.values() for m in ms}, dims)
+        rows.append({"method": row["method"], "overall_published": row["overall"],
+                     "overall_recomputed": round(recomputed["overall"], 4),
+                     "difference": abs(recomputed["overall"] - row["overall"])})
+    table = pd.DataFrame(rows)
+    print(table.to_markdown(index=False, floatfmt=".4f"))
+    worst = float(table["difference"].max())
+    print(f"largest difference: {worst:.4f} ({'ok' if worst < args.tolerance else 'FAIL'}: tolerance {args.tolerance})")
+    return 0 if worst < args.tolerance else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="narrastream", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -88,23 +178,64 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--with-reference", action="store_true", help="add the published rows")
     board.set_defaults(func=_cmd_leaderboard)
 
+    ann = sub.add_parser("annotations", help="narrative annotations").add_subparsers(dest="ann_command", required=True)
+    averify = ann.add_parser("verify", help="check an annotations file against the scripts and the cast")
+    averify.add_argument("--file", help="annotations JSONL (default: the shipped frozen file)")
+    averify.add_argument("--path", help="script file (default: $NARRASTREAM_DATA, cache, or download)")
+    averify.set_defaults(func=_cmd_annotations_verify)
+
+    annotate = sub.add_parser("annotate", help="ask a judge for the narrative annotations of scripts (live)")
+    annotate.add_argument("--judge", required=True, help="judge preset in eval_configs/judge/ (e.g. siliconflow)")
+    annotate.add_argument("--ids", type=int, nargs="+", help="script ids (default: all)")
+    annotate.add_argument("--out", required=True, help="annotations JSONL to write")
+    annotate.add_argument("--path", help="script file (default: as data verify)")
+    annotate.add_argument("--no-cache", action="store_true", help="ask again even when an answer is cached")
+    annotate.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                          help="config overrides, e.g. judge.base_url=http://127.0.0.1:8000/v1")
+    annotate.set_defaults(func=_cmd_annotate)
+
+    proto = sub.add_parser("protocol", help="protocol checks").add_subparsers(dest="proto_command", required=True)
+    check = proto.add_parser("check-reference",
+                             help="recompute Overall from the published per-metric table; print the largest difference")
+    check.add_argument("--csv", help="published table (default: reports/reference/narrastream_bench_published.csv)")
+    check.add_argument("--tolerance", type=float, default=0.005)
+    check.set_defaults(func=_cmd_check_reference)
+
     listing = sub.add_parser("list", help="list registered generators or metrics")
     listing.add_argument("what", choices=["generators", "metrics"])
     listing.set_defaults(func=_cmd_list)
+
+    judge = sub.add_parser("serve-judge", help="serve a local vision-language model as an OpenAI-compatible judge")
+    what = judge.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", help="model folder, or a hub id in the local Hugging Face cache")
+    what.add_argument("--stand-in", action="store_true",
+                      help="serve deterministic fake answers instead of a model (demos, CI, benchmarks)")
+    judge.add_argument("--port", required=True, type=int, help="port to listen on (0 picks a free one)")
+    judge.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    judge.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1 ...")
+    judge.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
+                       help="auto: bfloat16 on a GPU, float32 on the CPU")
+    judge.add_argument("--max-tokens", type=int, default=256, help="answer length when a request names none")
+    judge.set_defaults(func=_cmd_serve_judge)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from narrastream.data import DataSourceError, ScriptFileError
+    from narrastream.judges import JudgeError
+    from narrastream.protocol.annotations import AnnotationsError
     from narrastream.registry import RegistryError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
         return args.func(args)
-    except (ScriptFileError, DataSourceError, FileNotFoundError, ValueError, RegistryError) as exc:
+    except (ScriptFileError, DataSourceError, FileNotFoundError, ValueError, RegistryError, AnnotationsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except JudgeError as exc:
+        print(f"error: judge: {exc.reason}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

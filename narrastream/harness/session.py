@@ -11,6 +11,8 @@ import hashlib
 import json
 import logging
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,7 +32,8 @@ from narrastream.adapters.base import (
 from narrastream.data import Benchmark, Script, load_benchmark
 from narrastream.harness.sharding import shard_items, shard_name
 from narrastream.metrics.base import Metric, MetricContext, MetricResult, build_metric
-from narrastream.protocol.annotations import NarrativeAnnotations
+from narrastream.paths import benchmark_data_dir
+from narrastream.protocol.annotations import AnnotationsError, NarrativeAnnotations
 from narrastream.results.records import Record, RecordStore
 from narrastream.results.rundir import RunDir, environment_info
 
@@ -47,13 +50,17 @@ class StageSummary:
     skipped: int = 0
     failed: int = 0
     failures: list[str] = field(default_factory=list)
+    judge_stats: dict[str, int] | None = None
 
     def fail(self, message: str) -> None:
         self.failed += 1
         self.failures.append(message)
 
     def __str__(self) -> str:
-        return f"{self.stage}: {self.done} done, {self.skipped} already done, {self.failed} failed"
+        text = f"{self.stage}: {self.done} done, {self.skipped} already done, {self.failed} failed"
+        if self.judge_stats:
+            text += "; judge: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in self.judge_stats.items())
+        return text
 
 
 class Session:
@@ -74,8 +81,21 @@ class Session:
         shard = cfg["shard"]
         self.items: list[tuple[Script, int]] = shard_items(items, int(shard["index"]), int(shard["count"]))
         self.shard = shard_name(int(shard["index"]), int(shard["count"]))
-        self.annotations = load_annotations(cfg.get("annotations") or {})
         self._backbones = None
+        self._judges: Any = False  # built on first use (a local judge loads a model)
+        self.annotation_mode = str(self.protocol.get("annotations", "frozen"))
+        if self.annotation_mode == "live":
+            if not (cfg.get("judge") or {}).get("backend", "none") != "none":
+                raise AnnotationsError("protocol.annotations=live needs a judge (e.g. judge=siliconflow); "
+                                       "judge=none can only use the frozen annotations")
+            judge_cfg = cfg["judge"]
+            self.annotations = NarrativeAnnotations(
+                source=f"live:{judge_cfg.get('planner_model') or judge_cfg.get('model')}|{judge_cfg.get('model')}")
+            self._live_done = False
+        else:
+            self.annotations = load_annotations(cfg.get("annotations") or {}, self.annotation_mode)
+            self._live_done = True
+        self.annotation_failures: dict[int, list[str]] = {}
 
     @classmethod
     def from_overrides(cls, overrides: list[str] | None = None) -> "Session":
@@ -94,7 +114,8 @@ class Session:
             "protocol": {"name": self.protocol["name"], "version": self.protocol["version"]},
             "environment": environment_info(),
             "backbones": {"config": self.cfg.get("backbones")},
-            "annotations": self.annotations.identity(),
+            "annotations": {"mode": self.annotation_mode, **self.annotations.identity()},
+            "judge": self.judge_identity(),
         }
         self.run.write_manifest(manifest)
         tmp = self.run.config_path.with_suffix(".yaml.tmp")
@@ -178,6 +199,32 @@ class Session:
             self._backbones = BackboneProvider(self.cfg["backbones"])
         return self._backbones
 
+    @property
+    def judges(self):
+        """The judges (:class:`narrastream.judges.JudgeSet`) or None for ``judge=none``; built on first use."""
+        if self._judges is False:
+            from narrastream.judges import build_judges
+
+            self._judges = build_judges(self.cfg.get("judge"))
+        return self._judges
+
+    def judge_identity(self) -> dict[str, Any]:
+        """The judge config as records and manifests show it: models, endpoint, the key's variable name."""
+        cfg = self.cfg.get("judge") or {}
+        keys = ("backend", "base_url", "model", "planner_model", "api_key_env")
+        return {k: cfg.get(k) for k in keys if k in cfg} or {"backend": "none"}
+
+    def ensure_annotations(self) -> None:
+        """Live mode: ask the judges for this shard's scripts' annotations (cached answers are free)."""
+        if self._live_done:
+            return
+        from narrastream.protocol.live_annotations import annotate_scripts
+
+        scripts = list({script.id: script for script, _ in self.items}.values())
+        self.annotations, self.annotation_failures = annotate_scripts(
+            self.judges, scripts, workers=int(self.cfg["judge"].get("concurrency", 4)))
+        self._live_done = True
+
     def metrics(self) -> dict[str, Metric]:
         specs = self.protocol["metrics"]
         names = list(self.protocol["run_metrics"])
@@ -191,7 +238,9 @@ class Session:
         metrics = self.metrics()
         store = RecordStore(self.run.records_dir, self.shard)
         latest = store.latest()
-        for script, seed in tqdm(self.items, desc=f"evaluate {self.model}", unit="video"):
+        self.ensure_annotations()  # live mode: before the cache keys, which include each script's annotations
+        work = []
+        for script, seed in self.items:
             video = self.load_sidecar(script.id, seed)
             keys = {name: self.cache_key(metric, video, script) for name, metric in metrics.items()}
             pending = {}
@@ -202,32 +251,31 @@ class Session:
                 else:
                     pending[name] = metric
             if pending:
-                self._evaluate_item(script, seed, video, pending, keys, latest, store, summary)
+                work.append((script, seed, video, pending, keys))
+        if not work:
+            return summary
+        writer = _RecordWriter(self, store, latest, summary)
+        judged = any(getattr(m, "uses_judge", False) for _, _, _, pending, _ in work for m in pending.values())
+        workers = int((self.cfg.get("judge") or {}).get("concurrency", 4)) if judged and self.judges else 0
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="judge") if workers else None
+        try:
+            for script, seed, video, pending, keys in tqdm(work, desc=f"evaluate {self.model}", unit="video"):
+                self._evaluate_item(script, seed, video, pending, keys, writer, pool)
+                writer.drain(limit=4 * max(1, workers))
+            writer.drain(limit=0)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=False)
+        if self.judges is not None:
+            summary.judge_stats = self.judges.stats()
         return summary
 
     def _evaluate_item(self, script: Script, seed: int, video: GeneratedVideo | None, pending: dict[str, Metric],
-                       keys: dict[str, str], latest: dict, store: RecordStore, summary: StageSummary) -> None:
+                       keys: dict[str, str], writer: "_RecordWriter", pool: ThreadPoolExecutor | None) -> None:
         from narrastream.video import SegmentedVideo, SegmentRule
 
         def record(name: str, result: MetricResult, elapsed: float = 0.0, backbones: dict | None = None) -> None:
-            metric = pending[name]
-            rec = Record(
-                run_id=self.run.run_id, model=self.model, script_id=script.id, seed=seed, metric=name,
-                score=result.score, status=result.status, reason=result.reason, fallbacks=result.fallbacks,
-                items=result.items, details=result.details, protocol=f"{self.protocol['name']}-{self.protocol['version']}",
-                metric_version=metric.version, cache_key=keys[name], backbones=backbones or {},
-                video=str(video.path) if video else None, shard=self.shard, elapsed_s=round(elapsed, 4),
-            )
-            previous = latest.get(rec.key)
-            repeat = (previous is not None and previous.status == "failed" and rec.status == "failed"
-                      and previous.reason == rec.reason and previous.cache_key == rec.cache_key)
-            if not repeat:  # the same failure again adds no record
-                store.append(rec)
-                latest[rec.key] = rec
-            if result.status == "failed":
-                summary.fail(f"{name} script {script.id} seed {seed}: {result.reason}")
-            else:
-                summary.done += 1
+            writer.write(script, seed, video, name, pending[name], keys[name], result, elapsed, backbones)
 
         if video is None:
             cause = self.generation_failure(script.id, seed)
@@ -255,22 +303,45 @@ class Session:
             return
         from narrastream.metrics.backbones import ChecksumError, WeightsNotFoundError
 
-        annotation = self.annotations.get(script.id)
-        for problem in annotation.check_segments(script.num_segments) if annotation else []:
-            log.warning("annotations of script %d: %s (the metrics that need it fall back)", script.id, problem)
-        ctx = MetricContext(script=script, backbones=self.backbones, annotations=annotation)
+        annotation = self.script_annotations(script)
+        ctx = MetricContext(script=script, backbones=self.backbones, annotations=annotation, judges=self.judges,
+                            judge_images=self.judge_images())
         for name, metric in pending.items():
             started = time.perf_counter()
             identities: dict[str, Any] = {}
             try:
                 identities = {b: self.backbones.identity(b) for b in self._backbones_of(metric)}
-                result = metric.compute(segmented, ctx)
+                if getattr(metric, "uses_judge", False):
+                    prepared = metric.prepare(segmented, ctx)
+                    if not isinstance(prepared, MetricResult):
+                        if pool is None:
+                            prepared = metric.finish(prepared, ctx)
+                        else:  # asked in a worker while the next video decodes; written by the main thread
+                            writer.submit(pool.submit(_timed, metric.finish, prepared, ctx), script, seed, video,
+                                          name, metric, keys[name])
+                            continue
+                    result = prepared
+                else:
+                    result = metric.compute(segmented, ctx)
             except (WeightsNotFoundError, ChecksumError):
                 raise  # a setup problem, the same for every video: stop with the message, record nothing
             except Exception as exc:  # noqa: BLE001 - recorded as failed with the reason; the run goes on
                 log.exception("%s failed on script %d seed %d", name, script.id, seed)
                 result = MetricResult.failed(f"{type(exc).__name__}: {exc}")
             record(name, result, time.perf_counter() - started, identities)
+
+    def script_annotations(self, script: Script):
+        """The script's annotations if they fit its prompts and segments (else None; a warning says why)."""
+        annotation, why = self.annotations.for_script(script.id, script.prompts)
+        if why:
+            log.warning("%s (the metrics that need annotations fall back and record it)", why)
+        for problem in annotation.check_segments(script.num_segments) if annotation else []:
+            log.warning("annotations of script %d: %s (the metrics that need it fall back)", script.id, problem)
+        return annotation
+
+    def judge_images(self) -> dict[str, Any]:
+        cfg = self.cfg.get("judge") or {}
+        return {"max_side": cfg.get("image_max_side"), "quality": int(cfg.get("jpeg_quality", 95))}
 
     @staticmethod
     def _backbones_of(metric: Metric) -> list[str]:
@@ -291,7 +362,9 @@ class Session:
             "video_rules": self.cfg["video"],
             "backbones": {k: self.cfg["backbones"].get(k) for k in ("source", "size", "seed", "paths", "dir")},
             "video": video_id,
-            "annotations": annotation.fingerprint() if (annotation := self.annotations.get(script.id)) else None,
+            "annotations": annotation.fingerprint() if (annotation := self.annotations.for_script(
+                script.id, script.prompts)[0]) else None,
+            "judge": (self.judges.models() if self.judges else "none") if getattr(metric, "uses_judge", False) else None,
         }
         return hashlib.sha256(json.dumps(_plain(payload), sort_keys=True, default=str).encode()).hexdigest()[:32]
 
@@ -306,10 +379,70 @@ class Session:
         return csv_path
 
 
-def load_annotations(cfg: Mapping[str, Any]) -> NarrativeAnnotations:
-    """The ``annotations`` config: ``path`` to a JSONL file, or none (metrics then fall back, recorded)."""
-    path = cfg.get("path")
-    return NarrativeAnnotations.load(path) if path else NarrativeAnnotations()
+SHIPPED_ANNOTATIONS = "annotations/narrastream-324.v1.jsonl"
+
+
+def load_annotations(cfg: Mapping[str, Any], mode: str = "frozen") -> NarrativeAnnotations:
+    """Frozen annotations: ``annotations.path`` if set, else the file shipped in ``benchmark_data/``;
+    ``mode: none`` uses none (metrics then fall back, recorded)."""
+    if mode == "none":
+        return NarrativeAnnotations()
+    if mode != "frozen":
+        raise AnnotationsError(f"protocol.annotations={mode!r}: expected frozen, live or none")
+    path = cfg.get("path") or benchmark_data_dir() / SHIPPED_ANNOTATIONS
+    return NarrativeAnnotations.load(path, source=f"frozen:{Path(path).name}")
+
+
+def _timed(fn, *args: Any) -> tuple[MetricResult, float]:
+    started = time.perf_counter()
+    try:
+        result = fn(*args)
+    except Exception as exc:  # noqa: BLE001 - a crash in a worker is recorded like one in the main thread
+        log.exception("judge metric crashed")
+        result = MetricResult.failed(f"{type(exc).__name__}: {exc}")
+    return result, time.perf_counter() - started
+
+
+class _RecordWriter:
+    """Appends records from the main thread only: results computed in workers queue up as futures."""
+
+    def __init__(self, session: Session, store: RecordStore, latest: dict, summary: StageSummary) -> None:
+        self.session, self.store, self.latest, self.summary = session, store, latest, summary
+        self.pending: deque = deque()
+
+    def submit(self, future: Future, *args: Any) -> None:
+        self.pending.append((future, args))
+
+    def drain(self, limit: int) -> None:
+        """Write finished results; block on the oldest while more than ``limit`` are in flight."""
+        while self.pending and (self.pending[0][0].done() or len(self.pending) > limit):
+            future, (script, seed, video, name, metric, key) = self.pending.popleft()
+            result, elapsed = future.result()
+            self.write(script, seed, video, name, metric, key, result, elapsed, {})
+
+    def write(self, script: Script, seed: int, video: GeneratedVideo | None, name: str, metric: Metric, key: str,
+              result: MetricResult, elapsed: float = 0.0, backbones: dict | None = None) -> None:
+        s = self.session
+        details = dict(result.details)
+        if getattr(metric, "uses_judge", False) and s.judges is not None:
+            details.setdefault("judge", s.judges.models())
+        rec = Record(
+            run_id=s.run.run_id, model=s.model, script_id=script.id, seed=seed, metric=name,
+            score=result.score, status=result.status, reason=result.reason, fallbacks=result.fallbacks,
+            items=result.items, details=details, protocol=f"{s.protocol['name']}-{s.protocol['version']}",
+            metric_version=metric.version, cache_key=key, backbones=backbones or {},
+            video=str(video.path) if video else None, shard=s.shard, elapsed_s=round(elapsed, 4),
+        )
+        previous = self.latest.get(rec.key)
+        repeat = (previous is not None and previous.status == "failed" and rec.status == "failed"
+                  and previous.reason == rec.reason and previous.cache_key == rec.cache_key)
+        if not repeat:  # the same failure again adds no record
+            self.store.append(rec)
+            self.latest[rec.key] = rec
+        if result.status == "failed":
+            self.summary.fail(f"{name} script {script.id} seed {seed}: {result.reason}")
+        else:
+            self.summary.done += 1
 
 
 def _plain(obj: Any) -> Any:

@@ -7,6 +7,7 @@ it also answers the official "MLLM" text questions, as the official setting uses
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,6 +22,10 @@ from narrastream.judges.base import (
     Message,
     extract_json,
 )
+
+# one INFO line per HTTP request drowns the run's own progress; warnings and errors still show
+for _name in ("httpx", "httpx2", "openai"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 __all__ = ["ImagePart", "Judge", "JudgeAnswerError", "JudgeError", "JudgeSet", "JudgeStats", "JudgeUnavailable",
            "Message", "build_judges", "extract_json"]
@@ -69,7 +74,9 @@ def build_judges(cfg: Mapping[str, Any] | None, cache_dir: Path | None = None) -
 
         cache = AnswerCache(Path(cfg.get("cache_dir") or (cache_dir or default_cache_dir()) / "judge"))
     common = {"cache": cache, "concurrency": int(cfg.get("concurrency", 4)), "reask": int(cfg.get("reask", 2)),
-              "max_tokens": int(cfg.get("max_tokens", 256)), "temperature": float(cfg.get("temperature", 0.0))}
+              "max_tokens": int(cfg.get("max_tokens", 256)), "temperature": float(cfg.get("temperature", 0.0)),
+              "breaker_threshold": int(cfg.get("breaker_threshold", 3)),
+              "breaker_cooldown_s": float(cfg.get("breaker_cooldown_s", 60.0))}
     model = str(cfg["model"])
     planner_model = str(cfg.get("planner_model") or model)
     if backend == "openai":

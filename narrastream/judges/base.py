@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Sequence, TypeVar, Union
@@ -142,7 +143,8 @@ class Judge(ABC):
     backend: str = ""
 
     def __init__(self, model: str, *, cache: Any = None, concurrency: int = 4, reask: int = 2,
-                 max_tokens: int = 256, temperature: float = 0.0, endpoint: str = "", use_cache: bool = True) -> None:
+                 max_tokens: int = 256, temperature: float = 0.0, endpoint: str = "", use_cache: bool = True,
+                 breaker_threshold: int = 3, breaker_cooldown_s: float = 60.0) -> None:
         if concurrency < 1:
             raise ValueError("judge concurrency must be >= 1")
         self.model = model
@@ -154,6 +156,14 @@ class Judge(ABC):
         self.temperature = float(temperature)
         self.stats = JudgeStats()
         self._slots = threading.BoundedSemaphore(concurrency)
+        # circuit breaker: after `breaker_threshold` consecutive JudgeUnavailable, requests fail at once
+        # (with the last reason) for `breaker_cooldown_s`, instead of each waiting through its retries
+        self.breaker_threshold = int(breaker_threshold)
+        self.breaker_cooldown_s = float(breaker_cooldown_s)
+        self._breaker_lock = threading.Lock()
+        self._consecutive_unavailable = 0
+        self._open_until = 0.0
+        self._last_unavailable = ""
 
     @abstractmethod
     def _complete(self, messages: Sequence[Message], *, json_mode: bool, max_tokens: int) -> str:
@@ -165,9 +175,25 @@ class Judge(ABC):
 
     def complete(self, messages: Sequence[Message], *, json_mode: bool = False, max_tokens: int | None = None) -> str:
         """Plain text answer (no cache, no validation)."""
-        with self._slots:
-            self.stats.add(requests=1)
-            return self._complete(messages, json_mode=json_mode, max_tokens=max_tokens or self.max_tokens)
+        with self._breaker_lock:
+            if time.monotonic() < self._open_until:
+                self.stats.add(failures=1)
+                raise JudgeUnavailable(f"{self._last_unavailable} (not retried: the judge failed "
+                                       f"{self._consecutive_unavailable} times in a row)")
+        try:
+            with self._slots:
+                self.stats.add(requests=1)
+                text = self._complete(messages, json_mode=json_mode, max_tokens=max_tokens or self.max_tokens)
+        except JudgeUnavailable as exc:
+            with self._breaker_lock:
+                self._consecutive_unavailable += 1
+                self._last_unavailable = exc.reason
+                if self.breaker_threshold and self._consecutive_unavailable >= self.breaker_threshold:
+                    self._open_until = time.monotonic() + self.breaker_cooldown_s
+            raise
+        with self._breaker_lock:
+            self._consecutive_unavailable = 0
+        return text
 
     def structured(self, messages: Sequence[Message], schema: type[T], *, template: str,
                    context: dict[str, Any] | None = None, max_tokens: int | None = None,

@@ -1,0 +1,54 @@
+"""A stand-in judge for tests and benchmarks: valid, deterministic answers to the protocol's questions.
+
+``protocol_responder`` plugs into :class:`~narrastream.judges.server.ChatCompletionsServer`: it reads
+which question a request asks (from the JSON shape our templates request) and answers it with
+numbers derived from a hash of the request, so answers are stable and differ between requests.
+It measures plumbing, never model quality.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from narrastream.judges.wire import from_openai
+
+
+def _numbers(seed: str, count: int, low: int, high: int) -> list[int]:
+    digest = hashlib.sha256(seed.encode()).digest()
+    return [low + digest[i % len(digest)] % (high - low + 1) for i in range(count)]
+
+
+def protocol_answer(text: str, images: int) -> str:
+    """The answer to one of the six protocol questions, as JSON text."""
+    seed = f"{text}|{images}"
+    if '"segment_importance"' in text:
+        n = int(re.search(r"exactly (\d+) integers", text).group(1))
+        return json.dumps({"segment_importance": _numbers(seed, n, 10, 95)})
+    if '"keep"' in text:
+        n = int(re.search(r"Here are the (\d+) consecutive prompts", text).group(1))
+        return json.dumps({"keep": [True] * (n - 1)})
+    if '"groups"' in text:
+        n = int(re.search(r"Here are the (\d+) prompts", text).group(1))
+        return json.dumps({"groups": {"main subject": list(range(n))}})
+    if '"entity_results"' in text:
+        entities = json.loads(re.search(r"Entities \(JSON\): (\[.*?\])\n", text).group(1))
+        values = _numbers(seed, 2 * len(entities), 30, 100)
+        return json.dumps({"entity_results": [{"presence": values[2 * i], "attribute_match": values[2 * i + 1]}
+                                              for i in range(len(entities))]})
+    if '"segment_scores"' in text:
+        n = int(re.search(r"a script of (\d+) prompts", text).group(1))
+        values = _numbers(seed, n + 1, 1, 100)
+        return json.dumps({"segment_scores": values[:n], "overall_score": values[n]})
+    if '"entities"' in text:
+        return json.dumps({"entities": [{"name": "person", "attributes": ["visible"]}]})
+    return "I am a test judge."
+
+
+def protocol_responder(body: dict[str, Any]) -> str:
+    """Responder for :class:`ChatCompletionsServer` answering the last user message."""
+    messages = from_openai(body.get("messages"))
+    last = messages[-1]
+    return protocol_answer(last.text(), len(last.images()))

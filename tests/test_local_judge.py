@@ -1,0 +1,208 @@
+"""The local VLM judge and ``serve-judge``, on a tiny random-weight Qwen2-VL built here (no downloads).
+
+The model answers noise, but deterministic noise: greedy decoding must give the same text in process,
+twice, and over HTTP through the real ``openai`` client.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from narrastream.judges.base import ImagePart, Message
+
+REPO = Path(__file__).resolve().parents[1]
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                  "<|image_pad|>", "<|video_pad|>"]
+
+# Qwen's template, reduced to what the judge sends: text and image parts, any role
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _build_tiny_qwen2_vl(directory: Path) -> Path:
+    """A 2-layer-total Qwen2-VL with a byte-level BPE tokenizer trained on two sentences."""
+    from narrastream._compat import ensure_torchvision
+
+    ensure_torchvision()
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration,
+                              Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor)
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(["user assistant system: hello world, the image shows a red square",
+                                 "describe the picture in one word"], trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                        additional_special_tokens=SPECIAL_TOKENS[1:])
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+
+    pixels = dict(min_pixels=28 * 28, max_pixels=56 * 56, patch_size=14, temporal_patch_size=2, merge_size=2)
+    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=tokenizer,
+                                 video_processor=Qwen2VLVideoProcessor(**pixels), chat_template=CHAT_TEMPLATE)
+    config = Qwen2VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                         # head_dim 16 -> 8 rotary frequencies split over (time, height, width)
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(0)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dir(tmp_path_factory) -> Path:
+    return _build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny-qwen2-vl"))
+
+
+@pytest.fixture(scope="session")
+def judge(tiny_vlm_dir):
+    from narrastream.judges.local import LocalVLMJudge
+
+    judge = LocalVLMJudge(str(tiny_vlm_dir), device="cpu", model="tiny-qwen2-vl", max_tokens=12)
+    yield judge
+    judge.close()
+
+
+@pytest.fixture(scope="session")
+def jpeg() -> bytes:
+    from PIL import Image
+
+    image = Image.new("RGB", (32, 32), (200, 30, 30))
+    image.paste((20, 40, 220), (16, 0, 32, 32))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def test_loads_and_answers_deterministically(judge, jpeg):
+    messages = [Message.user("hi", ImagePart(jpeg))]
+    first = judge.complete(messages)
+    assert isinstance(first, str)
+    assert judge.complete(messages) == first
+    assert judge.identity() == {"backend": "local", "model": "tiny-qwen2-vl", "endpoint": "",
+                                "device": "cpu", "dtype": "float32"}
+    assert judge.stats.requests == 2
+
+
+def test_text_only_and_multi_turn(judge, jpeg):
+    answer = judge.complete([Message.system("be brief"), Message.user("describe the picture")], max_tokens=4)
+    assert isinstance(answer, str)
+    turns = [Message.user(ImagePart(jpeg), "hello"), Message.assistant("world"), Message.user("again")]
+    assert judge.complete(turns) == judge.complete(turns)
+
+
+def test_undecodable_image_is_a_value_error(judge):
+    with pytest.raises(ValueError, match="not a decodable image"):
+        judge.complete([Message.user("hi", ImagePart(b"not a jpeg"))])
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    from narrastream.judges.local import LocalVLMJudge
+
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(ValueError, match="no such folder") as info:
+        LocalVLMJudge(str(missing))
+    assert str(missing) in str(info.value) and "config.json" in str(info.value)
+
+
+def test_folder_without_checkpoint_is_a_clear_error(tmp_path):
+    from narrastream.judges.local import LocalVLMJudge
+
+    with pytest.raises(ValueError, match="no config.json") as info:
+        LocalVLMJudge(str(tmp_path))
+    assert str(tmp_path) in str(info.value)
+
+
+def test_hub_id_resolves_from_the_local_cache(tiny_vlm_dir, tmp_path, judge):
+    """A hub id (no folder of that name) loads from the Hugging Face cache layout, offline."""
+    revision = "0" * 40
+    repo = tmp_path / "hub" / "models--tiny--qwen2-vl"
+    shutil.copytree(tiny_vlm_dir, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    script = ("from narrastream.judges.local import LocalVLMJudge\n"
+              "from narrastream.judges.base import Message\n"
+              "print(ascii(LocalVLMJudge('tiny/qwen2-vl', device='cpu').complete([Message.user('hello')], max_tokens=5)))")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    expected = judge.complete([Message.user("hello")], max_tokens=5)
+    assert proc.stdout.decode().strip() == ascii(expected)
+
+
+@pytest.fixture()
+def server(judge):
+    from narrastream.judges.serve import make_responder
+    from narrastream.judges.server import ChatCompletionsServer
+
+    with ChatCompletionsServer(make_responder(judge), model=judge.model, port=0) as server:
+        yield server
+
+
+def test_served_answer_equals_in_process_answer(judge, server, jpeg):
+    openai = pytest.importorskip("openai")
+    from narrastream.judges.wire import to_openai
+
+    client = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0, timeout=60)
+    content = [{"type": "text", "text": "hi"},
+               {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()}}]
+    reply = client.chat.completions.create(model="tiny-qwen2-vl", max_tokens=7,
+                                           messages=[{"role": "user", "content": content}])
+    assert reply.choices[0].message.content == judge.complete([Message.user("hi", ImagePart(jpeg))], max_tokens=7)
+
+    messages = [Message.system("be brief"), Message.user("describe the picture")]
+    reply = client.chat.completions.create(model="tiny-qwen2-vl", messages=to_openai(messages))
+    assert reply.choices[0].message.content == judge.complete(messages)  # server default: judge.max_tokens
+    assert [m.id for m in client.models.list()] == ["tiny-qwen2-vl"]
+
+
+def test_malformed_request_is_400(server):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0, timeout=60)
+    content = [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "https://example.com/a.jpg"}}]
+    with pytest.raises(openai.BadRequestError, match="data: URLs"):
+        client.chat.completions.create(model="tiny-qwen2-vl", messages=[{"role": "user", "content": content}])
+    bad_jpeg = "data:image/jpeg;base64," + base64.b64encode(b"garbage").decode()
+    with pytest.raises(openai.BadRequestError, match="not a decodable image"):
+        client.chat.completions.create(model="tiny-qwen2-vl", messages=[
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": bad_jpeg}}]}])
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.chat.completions.create(model="tiny-qwen2-vl", max_tokens=-1, messages=[{"role": "user", "content": "hi"}])
+
+
+def test_cli_serve_judge_missing_model_exits_2(tmp_path):
+    missing = tmp_path / "missing-model"
+    proc = subprocess.run([sys.executable, "-m", "narrastream.cli", "serve-judge", "--model", str(missing), "--port", "0"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert str(missing) in proc.stderr and "no such folder" in proc.stderr
