@@ -84,3 +84,93 @@ def test_annotated_run_is_ok_and_new_annotations_recompute(tmp_path):
     bad.write_text('{"script_id": "x"}\n')
     proc = subprocess.run([*args[:-1], f"annotations.path={bad}"], capture_output=True, text=True)
     assert proc.returncode == 2 and f"{bad}:1:" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- the shipped file
+from pathlib import Path  # noqa: E402
+
+from narrastream.data import load_benchmark  # noqa: E402
+from narrastream.harness.session import SHIPPED_ANNOTATIONS, load_annotations  # noqa: E402
+from narrastream.paths import benchmark_data_dir  # noqa: E402
+from narrastream.protocol.annotation_checks import load_cast, mentions, verify  # noqa: E402
+from narrastream.protocol.annotations import prompts_sha256  # noqa: E402
+
+SHIPPED = benchmark_data_dir() / SHIPPED_ANNOTATIONS
+
+
+def test_shipped_annotations_cover_324_scripts_and_pass_every_check(official_path):
+    bench = load_benchmark(official_path)
+    shipped = NarrativeAnnotations.load(SHIPPED)
+    assert len(shipped.scripts) == 324
+    assert verify(shipped, bench.scripts, load_cast()) == []
+    header = SHIPPED.read_text().splitlines()[0:6]
+    assert any("not the official planner" in line for line in header)  # provenance stated in the file
+    for ann in shipped.scripts.values():
+        assert len(set(ann.segment_weights)) >= 2  # weights discriminate
+
+
+def _mutated(tmp_path, change) -> Path:
+    lines = SHIPPED.read_text().splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("{"))
+    obj = json.loads(lines[first])
+    change(obj)
+    lines[first] = json.dumps(obj)
+    path = tmp_path / "mutated.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda o: o["segment_entities"][0][0]["attributes"].__setitem__(0, "red hat"), "the cast says"),
+    (lambda o: o["segment_entities"][1].append({"name": "giraffe", "attributes": []}), "'giraffe' is not named"),
+    (lambda o: o["entity_groups"].__setitem__("Noah", [0, 9]), "out of range"),
+    (lambda o: o.__setitem__("prompts_sha256", "0" * 64), "made for other prompts"),
+    (lambda o: o.pop("continuity"), "no continuity"),
+    (lambda o: o["entity_groups"].__setitem__("Luna", [2]), "'Luna': not named in segment 2"),
+])
+def test_verify_finds_each_kind_of_problem(tmp_path, official_path, change, message):
+    bench = load_benchmark(official_path, ids=[0])
+    problems = verify(NarrativeAnnotations.load(_mutated(tmp_path, change)), bench.scripts, load_cast())
+    assert problems and message in str(problems[0]) and problems[0].script_id == 0
+
+
+def test_mentions_rules():
+    cast = load_cast()
+    assert mentions("Noah waves", "Noah", cast) and not mentions("Noahs waves", "Noah", cast)
+    assert mentions("two cups of tea", "ceramic cup", cast) and not mentions("a cupboard", "cup", cast)
+
+
+def test_annotations_apply_only_to_the_prompts_they_were_made_for():
+    ann = ScriptAnnotations(script_id=0, segment_weights=(1, 2), prompts_sha256=prompts_sha256(["a", "b"]))
+    annotations = NarrativeAnnotations(scripts={0: ann}, source="frozen:x")
+    assert annotations.for_script(0, ["a", "b"]) == (ann, None)
+    got, why = annotations.for_script(0, ["a", "changed"])
+    assert got is None and "made for other prompts" in why
+    assert annotations.for_script(7, ["a"])[1] == "script 7 has no annotations in frozen:x"
+
+
+def test_frozen_is_the_default_and_none_disables(tmp_path):
+    assert load_annotations({}).source == "frozen:narrastream-324.v1.jsonl"
+    assert load_annotations({}, "none").source == "none"
+    with pytest.raises(AnnotationsError, match="expected frozen, live or none"):
+        load_annotations({}, "thawed")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "narrastream.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_annotations_verify(tmp_path, official_path):
+    ok = _cli("annotations", "verify", "--path", str(official_path))
+    assert ok.returncode == 0 and "324 scripts annotated" in ok.stdout and "every check passed" in ok.stdout
+    bad = _mutated(tmp_path, lambda o: o["segment_weights"].__setitem__(0, 7) or o["segment_entities"][0].append(
+        {"name": "zebra", "attributes": []}))
+    proc = _cli("annotations", "verify", "--file", str(bad), "--path", str(official_path))
+    assert proc.returncode == 2 and "script 0: segment 0: 'zebra' is not named in the prompt" in proc.stdout
+
+
+def test_cli_check_reference():
+    proc = _cli("protocol", "check-reference")
+    assert proc.returncode == 0 and "IAMFlow" in proc.stdout
+    worst = float(proc.stdout.split("largest difference: ")[1].split()[0])
+    assert worst < 0.005

@@ -47,7 +47,7 @@ def test_tiny_run_writes_a_leaderboard(tiny_run):
     for metric in ("subject_consistency", "background_consistency"):
         assert 0.0 <= row[metric] <= 100.0
         assert row[f"{metric}_valid"] == 3
-        assert row[f"{metric}_fallback"] == 3  # no narrative annotations yet: uniform weights, recorded
+        assert row[f"{metric}_fallback"] == 0  # the shipped frozen annotations give the planner weights
     manifest = json.loads((tiny_run / "manifest.json").read_text())
     assert len(manifest["data"]["sha256"]) == 64 and manifest["protocol"]["version"]
     assert len(records(tiny_run)) == 3 * M

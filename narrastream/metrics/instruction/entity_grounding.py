@@ -87,5 +87,4 @@ class EntityGrounding(JudgedMetric):
                 fallbacks.append(weight_fallback)
         for item, w in zip(items, weights):
             item["weight"] = w
-        return MetricResult(score=weighted_mean(scores, weights), items=items, fallbacks=fallbacks,
-                            details={"judge": ctx.judges.vlm.model})
+        return MetricResult(score=weighted_mean(scores, weights), items=items, fallbacks=fallbacks)

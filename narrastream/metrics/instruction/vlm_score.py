@@ -56,4 +56,4 @@ class VlmScore(JudgedMetric):
                           float(self.params["overall_weight"]))
         items = [{"segment": k, "score": s, "weight": w} for k, (s, w) in enumerate(zip(segments, weights))]
         return MetricResult(score=score, items=items, fallbacks=[weight_fallback] if weight_fallback else [],
-                            details={"overall": overall, "judge": ctx.judges.vlm.model})
+                            details={"overall": overall})
