@@ -44,7 +44,10 @@ class SegmentWeightsAnswer(BaseModel):
     def _clamp(cls, values: Any) -> Any:  # the official rule: int(), then clamp to 1..100
         if not isinstance(values, list):
             raise ValueError("segment_importance must be a list of integers")
-        return [min(100, max(1, int(float(v)))) for v in values]
+        try:
+            return [min(100, max(1, int(float(v)))) for v in values]
+        except (TypeError, OverflowError, ValueError):  # null, Infinity, 1e999, "many"
+            raise ValueError("segment_importance must hold finite numbers") from None
 
     @field_validator("segment_importance")
     @classmethod
@@ -76,7 +79,7 @@ class EntityGroupsAnswer(BaseModel):
             if not isinstance(indices, list):
                 continue
             kept = [int(i) for i in indices if isinstance(i, (int, float)) and not isinstance(i, bool)
-                    and (n is None or 0 <= int(i) < n)]
+                    and math.isfinite(i) and (n is None or 0 <= int(i) < n)]
             if kept and str(name).strip():
                 out[" ".join(str(name).split())] = kept
         if not out:
