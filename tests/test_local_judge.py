@@ -206,3 +206,20 @@ def test_cli_serve_judge_missing_model_exits_2(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert str(missing) in proc.stderr and "no such folder" in proc.stderr
+
+
+def test_judge_local_preset_builds_one_in_process_judge(tiny_vlm_dir, jpeg, tmp_path):
+    """``judge=local judge.model=DIR``: planner, MLLM and VLM are the same in-process model."""
+    from narrastream.config import compose_config
+    from narrastream.judges import JudgeAnswerError, build_judges
+    from narrastream.protocol.questions import ask_vlm_score
+
+    cfg = compose_config(["judge=local", f"judge.model={tiny_vlm_dir}", f"judge.cache_dir={tmp_path}",
+                          "judge.max_tokens=8", "judge.reask=0"])["judge"]
+    judges = build_judges(cfg)
+    assert judges.planner is judges.vlm and judges.vlm.backend == "local"
+    assert isinstance(judges.vlm.complete([Message.user("hi", ImagePart(jpeg))]), str)
+    # a random model never answers valid JSON: the question fails as a recorded judge failure, not a crash
+    with pytest.raises(JudgeAnswerError):
+        ask_vlm_score(judges.vlm, ["a prompt"], [[ImagePart(jpeg)]])
+    assert judges.stats()["failures"] == 1

@@ -214,6 +214,13 @@ class Session:
         keys = ("backend", "base_url", "model", "planner_model", "api_key_env")
         return {k: cfg.get(k) for k in keys if k in cfg} or {"backend": "none"}
 
+    def judge_models(self) -> dict[str, Any]:
+        """What a judge score depends on, from the config (no model is loaded): backend and model names."""
+        cfg = self.cfg.get("judge") or {}
+        if cfg.get("backend", "none") == "none":
+            return {"backend": "none"}
+        return {"planner": cfg.get("planner_model") or cfg.get("model"), "vlm": cfg.get("model")}
+
     def ensure_annotations(self) -> None:
         """Live mode: ask the judges for this shard's scripts' annotations (cached answers are free)."""
         if self._live_done:
@@ -364,7 +371,7 @@ class Session:
             "video": video_id,
             "annotations": annotation.fingerprint() if (annotation := self.annotations.for_script(
                 script.id, script.prompts)[0]) else None,
-            "judge": (self.judges.models() if self.judges else "none") if getattr(metric, "uses_judge", False) else None,
+            "judge": self.judge_models() if getattr(metric, "uses_judge", False) else None,
         }
         return hashlib.sha256(json.dumps(_plain(payload), sort_keys=True, default=str).encode()).hexdigest()[:32]
 
