@@ -203,3 +203,28 @@ def test_extract_json_rules():
     assert extract_json('json {"a": 2}') == {"a": 2}
     with pytest.raises(ValueError, match="no JSON"):
         extract_json("no braces here")
+
+
+def test_cli_annotate_writes_annotations_and_reports_failures(tmp_path, official_path, monkeypatch):
+    from narrastream.cli import main
+    from narrastream.judges.testing import protocol_responder
+    from narrastream.protocol.annotations import NarrativeAnnotations
+
+    monkeypatch.setenv("NARRASTREAM_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "ann.jsonl"
+    with ChatCompletionsServer(protocol_responder, model="stand-in") as server:
+        code = main(["annotate", "--judge", "vllm", "--ids", "0", "7", "--out", str(out), "--path", str(official_path),
+                     "--set", f"judge.base_url={server.base_url}"])
+    assert code == 0
+    loaded = NarrativeAnnotations.load(out)
+    assert sorted(loaded.scripts) == [0, 7]
+    seven = loaded.get(7)
+    assert len(seven.segment_weights) == 6 and len(seven.continuity) == 5 and len(seven.segment_entities) == 6
+    assert "asked live" in out.read_text().splitlines()[0]
+
+    closed = tmp_path / "closed.jsonl"
+    code = main(["annotate", "--judge", "vllm", "--ids", "0", "--out", str(closed), "--path", str(official_path),
+                 "--no-cache", "--set", f"judge.base_url=http://127.0.0.1:{free_port()}/v1", "judge.max_retries=0"])
+    assert code == 3
+    zero = NarrativeAnnotations.load(closed).get(0)
+    assert zero.segment_weights is None and zero.prompts_sha256 is not None  # nothing made up
