@@ -55,13 +55,14 @@ def input_errors() -> tuple[type[BaseException], ...]:
 
     from narrastream.adapters.precomputed import PrecomputedVideosError
     from narrastream.data import DataSourceError, ScriptFileError
+    from narrastream.judges.base import JudgeConfigError
     from narrastream.metrics.backbones import ChecksumError, WeightsNotFoundError
     from narrastream.protocol.annotations import AnnotationsError
     from narrastream.registry import RegistryError
     from narrastream.results.rundir import RunDirError
 
     return (ScriptFileError, DataSourceError, PrecomputedVideosError, WeightsNotFoundError, ChecksumError,
-            RegistryError, RunDirError, MissingMandatoryValue, AnnotationsError)
+            RegistryError, RunDirError, MissingMandatoryValue, AnnotationsError, JudgeConfigError)
 
 
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")

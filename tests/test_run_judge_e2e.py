@@ -101,3 +101,10 @@ def test_live_annotations_need_a_judge(tmp_path):
                            f"run.dir={tmp_path / 'run'}", "protocol.annotations=live"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "protocol.annotations=live needs a judge" in proc.stderr
+
+
+def test_missing_local_judge_model_is_bad_input(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "narrastream.run", "preset=tiny", "data.limit=1",
+                           f"run.dir={tmp_path / 'run'}", "judge=local", f"judge.model={tmp_path / 'no-model'}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "no-model: no such folder" in proc.stderr

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from narrastream.judges.base import (
     ImagePart,
     Judge,
+    JudgeConfigError,
     JudgeAnswerError,
     JudgeError,
     JudgeStats,
@@ -27,7 +28,7 @@ from narrastream.judges.base import (
 for _name in ("httpx", "httpx2", "openai"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
-__all__ = ["ImagePart", "Judge", "JudgeAnswerError", "JudgeError", "JudgeSet", "JudgeStats", "JudgeUnavailable",
+__all__ = ["ImagePart", "Judge", "JudgeAnswerError", "JudgeConfigError", "JudgeError", "JudgeSet", "JudgeStats", "JudgeUnavailable",
            "Message", "build_judges", "extract_json"]
 
 
@@ -91,10 +92,13 @@ def build_judges(cfg: Mapping[str, Any] | None, cache_dir: Path | None = None) -
     if backend == "local":
         from narrastream.judges.local import LocalVLMJudge
 
-        vlm = LocalVLMJudge(model, device=str(cfg.get("device", "auto")), dtype=str(cfg.get("dtype", "auto")),
-                            local_files_only=bool(cfg.get("local_files_only", True)), **common)
+        try:
+            vlm = LocalVLMJudge(model, device=str(cfg.get("device", "auto")), dtype=str(cfg.get("dtype", "auto")),
+                                local_files_only=bool(cfg.get("local_files_only", True)), **common)
+        except ValueError as exc:
+            raise JudgeConfigError(str(exc)) from exc
         return JudgeSet(planner=vlm, vlm=vlm)
-    raise ValueError(f"judge.backend={backend!r}: expected none, openai or local")
+    raise JudgeConfigError(f"judge.backend={backend!r}: expected none, openai or local")
 
 
 def _plain(value: Any) -> Any:

@@ -34,6 +34,10 @@ class JudgeError(RuntimeError):
         self.reason = reason
 
 
+class JudgeConfigError(ValueError):
+    """A judge that cannot be set up (unknown backend, missing local model): bad input, exit code 2."""
+
+
 class JudgeUnavailable(JudgeError):
     """The judge cannot be reached or refuses every request (connection, timeout, 429/5xx after retries)."""
 
