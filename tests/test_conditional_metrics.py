@@ -408,3 +408,17 @@ def test_every_segment_is_encoded_once_in_one_call(name, provider, monkeypatch):
     else:
         expected = [descriptor_cosine(own[0], own[1]), descriptor_cosine(own[0], own[2])]
         assert result.items[0]["raw"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_both_conditional_metrics_share_one_encoding_per_video(provider, monkeypatch):
+    embedder = provider.get("dino_vitb16")
+    calls = []
+    original = embedder.embed
+    monkeypatch.setattr(embedder, "embed", lambda frames, **kw: calls.append(len(frames)) or original(frames, **kw))
+    video, ctx = video_of(noise_frames(3)), context(provider)
+    shared = [build_metric(name, protocol_params(name)).compute(video, ctx).score
+              for name in ("conditional_adjacent", "conditional_longrange")]
+    assert len(calls) == 1  # the second metric reused the descriptors
+    alone = [build_metric(name, protocol_params(name)).compute(video, context(provider)).score
+             for name in ("conditional_adjacent", "conditional_longrange")]
+    assert shared == alone and len(calls) == 3

@@ -1,9 +1,10 @@
 """The shared body of conditional_adjacent and conditional_longrange (protocol §2.2.2, §2.2.3).
 
 Both describe each segment by the mean DINO feature of its quartile frames
-(:func:`~narrastream.video.samplers.quartile_indices`); here every needed segment is encoded **once**,
-all frames in one batched backbone call. The official evaluator re-encodes both segments of every
-kept transition and the anchor and targets of every entity; the numbers are the same.
+(:func:`~narrastream.video.samplers.quartile_indices`); here every segment is encoded **once** per
+video, all frames in one batched backbone call, and the descriptors are shared by both metrics
+through ``ctx.shared``. The official evaluator re-encodes both segments of every kept transition and
+the anchor and targets of every entity; the numbers are the same.
 """
 
 from __future__ import annotations
@@ -36,7 +37,14 @@ class ConditionalMetric(Metric):
                 "power": float(self.params["similarity_power"])}
 
     def descriptors(self, video: "SegmentedVideo", ctx: MetricContext) -> tuple[list[torch.Tensor], list[list[int]]]:
-        """One descriptor per segment and the in-segment frames behind it, from a single ``embed`` call."""
+        """One descriptor per segment and the in-segment frames behind it, from a single ``embed`` call
+        per video (the second conditional metric finds them in ``ctx.shared``)."""
+        key = ("conditional_descriptors", self.params["backbone"], id(video))
+        if key not in ctx.shared:
+            ctx.shared[key] = self._encode(video, ctx)
+        return ctx.shared[key]
+
+    def _encode(self, video: "SegmentedVideo", ctx: MetricContext) -> tuple[list[torch.Tensor], list[list[int]]]:
         indices = [quartile_indices(n) for n in video.segment_lengths]
         sampled = [video.frames_at(k, idx) for k, idx in enumerate(indices) if idx]
         embedder = ctx.backbones.get(self.params["backbone"])
