@@ -269,10 +269,10 @@ class Session:
             for script, seed, video, pending, keys in tqdm(work, desc=f"evaluate {self.model}", unit="video"):
                 self._evaluate_item(script, seed, video, pending, keys, writer, pool)
                 writer.drain(limit=4 * max(1, workers))
-            writer.drain(limit=0)
-        finally:
+        finally:  # even when a setup error stops the loop, judge answers already in flight are recorded
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=False)
+            writer.drain(limit=0)
         if self.judges is not None:
             summary.judge_stats = self.judges.stats()
         return summary
