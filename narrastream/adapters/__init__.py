@@ -22,6 +22,7 @@ GENERATORS: Registry[Generator] = Registry("generator", Generator, entry_point_g
 GENERATORS.add("narrastream.adapters.precomputed:PrecomputedGenerator", "precomputed")
 GENERATORS.add("narrastream.adapters.command:CommandGenerator", "command")
 GENERATORS.add("narrastream.adapters.synthetic:SyntheticGenerator", "synthetic")
+GENERATORS.add("narrastream.adapters.streaming_wan:StreamingWanGenerator", "streaming_wan")
 
 
 def register_generator(*names: str):

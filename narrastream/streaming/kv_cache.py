@@ -212,6 +212,23 @@ class SelfAttentionKVCache:
         if evicted:
             logger.debug("KV cache evicted %d frame(s); window now ends at frame %d", evicted, self.end_frame)
 
+    def local_frames(self) -> list[int]:
+        """Absolute indices of the stored local (non-sink) frames, oldest first."""
+        if self.end_frame is None:
+            return []
+        return list(range(self.end_frame - self.ring_count, self.end_frame))
+
+    def rewind(self, to_frame: int) -> None:
+        """Forget the local frames from ``to_frame`` on, so they can be committed again (LongLive's KV
+        re-cache under a new prompt). The sink is protected: only local frames can be rewound."""
+        local = self.local_frames()
+        if self.end_frame is None or to_frame == self.end_frame:
+            return
+        if not local or not local[0] <= to_frame <= self.end_frame:
+            raise ValueError(f"cannot rewind to latent frame {to_frame}: the local window holds {local}")
+        self.ring_count -= self.end_frame - to_frame
+        self.end_frame = to_frame
+
     # ----- reads for memory agents ---------------------------------------------------------------------
     def frame_kv(self, layer: int, frame: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Committed (post-RoPE) K/V views [B, frame_tokens, heads, head_dim] of absolute ``frame``."""

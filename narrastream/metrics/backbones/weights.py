@@ -36,6 +36,8 @@ class WeightSpec:
     hub_repo: str | None = None
     hub_filename: str | None = None
     description: str = ""
+    #: the config key that names the file explicitly (default: ``backbones.paths.<name>``)
+    config_key: str | None = None
 
 
 WEIGHTS: dict[str, WeightSpec] = {
@@ -109,8 +111,11 @@ class WeightsNotFoundError(FileNotFoundError):
             "Put the file at one of:",
             f"  ${WEIGHTS_ENV}/{spec.filename}" + (f"  (${WEIGHTS_ENV}={env})" if env else f"  (${WEIGHTS_ENV} is unset)"),
             f"  {cache_dir() / 'weights' / spec.filename}",
-            f"or name it in the config: backbones.paths.{spec.name}=FILE.",
+            f"or name it in the config: {spec.config_key or f'backbones.paths.{spec.name}'}=FILE.",
         ]
+        if spec.hub_repo:
+            lines.append(f"It is published as hf://{spec.hub_repo}/{spec.hub_filename or spec.filename} "
+                         "(found in the Hugging Face cache when downloaded there).")
         if spec.url:
             lines.append(f"With backbones.allow_download=true it is fetched from {spec.url} when online.")
         if tried:

@@ -1,0 +1,184 @@
+"""``streaming_wan``: the causal Wan2.1-T2V-1.3B streaming generator (:mod:`narrastream.streaming`)
+as an adapter. Self-Forcing, LongLive, MemFlow and the IAMFlow backbone are configurations of it
+(``eval_configs/model/``): cache, transition and memory policies plus their checkpoint files.
+
+Weights (``weights``): ``dit`` (a ``.safetensors``/``.pt`` generator checkpoint, or IAMFlow's FP8
+safetensors), optional ``lora`` (PEFT, merged into the base before quantization), and ``wan``, the
+Diffusers-format Wan2.1-T2V-1.3B folder for the umT5 encoder and the VAE. Each is looked for as an
+explicit path, under ``weights.dir`` (else ``$NARRASTREAM_WEIGHTS``), in ``~/.cache/narrastream/weights``,
+then in the Hugging Face hub cache (never downloaded unless ``allow_download``). A missing file is a
+:class:`~narrastream.metrics.backbones.WeightsNotFoundError` naming the file and where it goes.
+``size: tiny`` builds seeded tiny random-weight components instead (``preset=tiny``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from narrastream.adapters.base import (
+    Capabilities,
+    GeneratedVideo,
+    GenerationError,
+    GenerationRequest,
+    Generator,
+    PromptSwitching,
+)
+from narrastream.data.script import Script
+from narrastream.metrics.backbones.weights import WEIGHTS_ENV, WeightSpec, WeightsNotFoundError, resolve_weights
+from narrastream.paths import cache_dir
+
+log = logging.getLogger(__name__)
+WAN_DIFFUSERS_HUB = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+
+
+class StreamingWanGenerator(Generator):
+    capabilities = Capabilities(switching=PromptSwitching.NATIVE, fps=16.0, resolution=(832, 480), gpus=1)
+
+    def __init__(self, method: str, cache: Mapping[str, Any], transition: Mapping[str, Any],
+                 memory: Mapping[str, Any] | None = None, block_frames: int = 3,
+                 denoising_steps: Sequence[int] = (1000, 750, 500, 250), size: str = "full", seed: int = 0,
+                 weights: Mapping[str, Any] | None = None, fp8: bool = False, dtype: str = "bfloat16",
+                 device: str = "auto", crf: int = 18, architecture: Mapping[str, Any] | None = None) -> None:
+        from narrastream.streaming.pipeline import StreamingSpec
+
+        if size not in ("full", "tiny"):
+            raise ValueError(f"model.params.size={size!r}: expected full or tiny")
+        self.method = method
+        self.spec = StreamingSpec.from_config({"cache": dict(cache), "transition": dict(transition),
+                                               "memory": dict(memory or {}), "block_frames": block_frames,
+                                               "denoising_steps": list(denoising_steps)})
+        self.size, self.seed, self.fp8, self.crf = size, int(seed), bool(fp8), int(crf)
+        self.weights = dict(weights or {})
+        self.dtype = getattr(torch, dtype) if size == "full" else torch.float32
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
+                                   else ("cpu" if device == "auto" else device))
+        self.architecture = dict(architecture or {})  # WanConfig overrides (default: Wan2.1-T2V-1.3B)
+        self.pipeline = None
+        self.loaded: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ loading
+    def prepare(self, scripts: Sequence[Script], *, total_scripts: int | None = None) -> None:
+        if self.pipeline is not None:
+            return
+        from narrastream.streaming.pipeline import StreamingWanPipeline
+
+        if self.size == "tiny":
+            from narrastream.streaming.tiny import build_tiny
+
+            dit, text_encoder, decoder = build_tiny(self.seed, self.device)
+            if self.fp8:  # the same FP8 code path (dequantized on CPU, with its one-time warning)
+                from narrastream.streaming.fp8 import quantize_model
+
+                quantize_model(dit)
+            self.loaded = {"size": "tiny", "seed": self.seed, "fp8": self.fp8}
+        else:
+            dit, text_encoder, decoder = self._load_full()
+        self.pipeline = StreamingWanPipeline(dit, text_encoder, decoder, self.spec)
+
+    def _file(self, role: str) -> Path:
+        entry = self.weights.get(role) or {}
+        spec = WeightSpec(name=f"{self.method}.{role}", filename=str(entry.get("filename")),
+                          hub_repo=entry.get("hub_repo"), hub_filename=entry.get("hub_filename"),
+                          description=f"{self.method} {role}", config_key=f"model.params.weights.{role}.path")
+        return resolve_weights(spec, path=entry.get("path"), weights_dir=self.weights.get("dir"),
+                               allow_download=bool(self.weights.get("allow_download", False)))
+
+    def _wan_folder(self) -> Path:
+        entry = self.weights.get("wan") or {}
+        explicit = entry.get("path")
+        tried = []
+        candidates = [Path(explicit).expanduser()] if explicit else []
+        base = self.weights.get("dir") or os.environ.get(WEIGHTS_ENV)
+        name = entry.get("dirname", "Wan2.1-T2V-1.3B-Diffusers")
+        candidates += [Path(base).expanduser() / name] if base else []
+        candidates.append(cache_dir() / "weights" / name)
+        for candidate in candidates:
+            tried.append(str(candidate))
+            if (candidate / "vae" / "config.json").is_file() and (candidate / "text_encoder").is_dir():
+                return candidate
+        hub = entry.get("hub_repo", WAN_DIFFUSERS_HUB)
+        try:
+            from huggingface_hub import snapshot_download
+
+            found = Path(snapshot_download(hub, local_files_only=not self.weights.get("allow_download", False),
+                                           allow_patterns=["vae/*", "text_encoder/*", "tokenizer/*"]))
+            if (found / "vae" / "config.json").is_file():
+                return found
+        except Exception as exc:  # noqa: BLE001 - any hub miss ends in the error below
+            log.debug("%s not in the hub cache: %s", hub, exc)
+        tried.append(f"hf://{hub}")
+        spec = WeightSpec(name=f"{self.method}.wan", filename=name, hub_repo=hub,
+                          description="Wan2.1-T2V-1.3B in the Diffusers layout (text_encoder/, tokenizer/, vae/)",
+                          config_key="model.params.weights.wan.path")
+        raise WeightsNotFoundError(spec, tried, detail=(
+            f"the Wan2.1-T2V-1.3B Diffusers folder ({name}/ with text_encoder/, tokenizer/ and vae/) was not found "
+            f"(get it with: huggingface-cli download {hub} --local-dir {name}); model.params.weights.wan.path=DIR "
+            "names it."))
+
+    def _load_full(self):
+        from narrastream.streaming.fp8 import is_fp8_checkpoint, load_fp8_checkpoint, quantize_model
+        from narrastream.streaming.lora import merge_lora
+        from narrastream.streaming.text_encoder import UMT5TextEncoder
+        from narrastream.streaming.vae import StreamingWanDecoder
+        from narrastream.streaming.wan_model import CausalWanTransformer, WanConfig, load_wan_state_dict
+
+        dit_path = self._file("dit")  # every file is resolved before anything heavy is loaded
+        lora_path = self._file("lora") if self.weights.get("lora") else None
+        wan = self._wan_folder()
+        dit_entry = self.weights.get("dit") or {}
+        with torch.device("meta"):
+            dit = CausalWanTransformer(WanConfig(**self.architecture))
+        dit = dit.to_empty(device="cpu")
+        if is_fp8_checkpoint(dit_path):
+            if lora_path is not None:
+                raise ValueError(f"{dit_path} is already FP8: merge the LoRA before quantization, not after")
+            load_fp8_checkpoint(dit, dit_path)
+        else:
+            load_wan_state_dict(dit, dit_path, key=dit_entry.get("key"), strip_prefix=dit_entry.get("strip_prefix"))
+            if lora_path is not None:
+                dit = merge_lora(dit, lora_path)
+            dit = dit.to(self.dtype)
+            if self.fp8:
+                quantize_model(dit)
+        dit = dit.to(self.device).eval()
+        text_encoder = UMT5TextEncoder.from_diffusers_layout(wan, dtype=self.dtype, device=self.device)
+        decoder = StreamingWanDecoder.from_diffusers_layout(wan, dtype=torch.float32, device=self.device)
+        self.loaded = {"dit": str(dit_path), "lora": str(lora_path) if lora_path else None, "wan": str(wan),
+                       "fp8": self.fp8 or is_fp8_checkpoint(dit_path)}
+        return dit, text_encoder, decoder
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, request: GenerationRequest) -> GeneratedVideo:
+        from narrastream.video.encode import write_mp4
+
+        if self.pipeline is None:
+            self.prepare([request.script])
+        try:
+            result = self.pipeline.generate(list(request.script.prompts), seed=request.seed,
+                                            seconds_per_segment=request.seconds_per_segment, fps=request.fps,
+                                            height=request.height, width=request.width)
+        except ValueError as exc:
+            raise GenerationError(f"{self.method}: {exc}") from exc
+        write_mp4(request.output_path, result.frames, fps=request.fps, crf=self.crf)
+        device = self.pipeline.device
+        return GeneratedVideo(
+            path=Path(request.output_path), script_id=request.script.id, seed=request.seed, fps=request.fps,
+            num_frames=len(result.frames), width=result.frames.shape[2], height=result.frames.shape[1],
+            switch_frames=list(result.plan.pixel_starts[1:]), timings=result.timings,
+            peak_memory_bytes=result.peak_memory_bytes,
+            device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            device_count=torch.cuda.device_count() if device.type == "cuda" else 0,
+            extra={"method": self.method, "policies": _policies(self.spec), "weights": self.loaded,
+                   "switch_latent_frames": list(result.plan.switches), **result.details},
+        )
+
+
+def _policies(spec) -> dict[str, Any]:
+    return {"cache": spec.cache.kind, "local_attn_size": spec.cache.local_attn_size, "sink_size": spec.cache.sink_size,
+            "sma": spec.cache.sma, "transition": spec.transition, "memory": spec.memory, "bank_size": spec.bank_size,
+            "block_frames": spec.block_frames, "denoising_steps": list(spec.denoising_steps)}
