@@ -71,9 +71,10 @@ class StreamingWanGenerator(Generator):
             from narrastream.streaming.tiny import build_tiny
 
             dit, text_encoder, decoder = build_tiny(self.seed, self.device)
-            if self.fp8:  # the same FP8 code path (dequantized on CPU, with its one-time warning)
+            if self.fp8:  # the same FP8 code path as the real model: bf16 weights, FP8 attention linears
                 from narrastream.streaming.fp8 import quantize_model
 
+                dit = dit.to(torch.bfloat16)
                 quantize_model(dit)
             self.loaded = {"size": "tiny", "seed": self.seed, "fp8": self.fp8}
         else:

@@ -13,7 +13,7 @@ import torch
 
 from narrastream.streaming.wan_model import CausalWanTransformer, WanConfig
 
-TINY_TEXT_LEN = 16
+TINY_TEXT_LEN = 256  # byte tokens: enough to reach where the benchmark prompts differ
 TINY_Z_DIM = 16
 
 
