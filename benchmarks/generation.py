@@ -1,0 +1,107 @@
+"""Streaming generation speed and memory, for every method configuration and bf16 vs FP8, in one run.
+
+The DiT is the causal Wan2.1-T2V-1.3B architecture (``--layers`` may reduce its depth for a CPU run)
+and the VAE is the Wan2.1 VAE, both with seeded random weights: a forward pass costs the same whatever
+the weights' values. Text features are random ``[prompts, 512, 4096]`` tensors (the umT5-XXL encoder
+runs once per video, before the loop, and is not what is measured here). Each configuration generates
+one video after one warm-up video; reported: seconds per block (the loop without output decode / blocks),
+seconds per video (end to end), pixel frames per second, the profiler's split (core DiT, method
+overhead, output decode) and peak memory (CUDA peak allocated on a GPU, process peak RSS on a CPU).
+
+    python benchmarks/generation.py --device cuda                       # full size: 6 x 10 s, 832x480, 16 fps
+    python benchmarks/generation.py --layers 4 --height 128 --width 128 --seconds-per-segment 0.75  # CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from narrastream.config import compose_config
+from narrastream.streaming.fp8 import quantize_model
+from narrastream.streaming.pipeline import StreamingSpec, StreamingWanPipeline
+from narrastream.streaming.vae import StreamingWanDecoder
+from narrastream.streaming.wan_model import CausalWanTransformer, WanConfig
+
+METHODS = ("self_forcing", "longlive", "memflow", "iamflow_backbone")
+
+
+class RandomTextFeatures:
+    """Stands in for umT5-XXL: seeded random features of the right shape, padding zeroed after 64 tokens."""
+
+    def __init__(self, dim: int, length: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.dim, self.length, self.device, self.dtype = dim, length, device, dtype
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        g = torch.Generator().manual_seed(len(prompts))
+        x = torch.randn(len(prompts), self.length, self.dim, generator=g)
+        x[:, 64:] = 0
+        return x.to(self.device, self.dtype)
+
+
+def build(args: argparse.Namespace, device: torch.device) -> tuple[CausalWanTransformer, Any]:
+    from narrastream._compat import ensure_torchvision
+
+    ensure_torchvision()
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(WanConfig(), num_layers=args.layers)
+    dit = CausalWanTransformer(cfg).to(device=device, dtype=torch.bfloat16).eval()
+    vae = AutoencoderKLWan().to(device).eval()  # the Wan2.1 VAE configuration (base_dim 96, z_dim 16)
+    return dit, StreamingWanDecoder(vae)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--layers", type=int, default=30)
+    parser.add_argument("--prompts", type=int, default=6)
+    parser.add_argument("--seconds-per-segment", type=float, default=10.0)
+    parser.add_argument("--fps", type=float, default=16.0)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=832)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--precisions", default="bf16,fp8")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    dit, decoder = build(args, device)
+    text = RandomTextFeatures(dit.cfg.text_dim, dit.cfg.text_len, device, torch.bfloat16)
+    prompts = [f"prompt {k}" for k in range(args.prompts)]
+    geometry = dict(seconds_per_segment=args.seconds_per_segment, fps=args.fps, height=args.height, width=args.width)
+    rows = []
+    for precision in args.precisions.split(","):
+        if precision == "fp8":
+            quantize_model(dit)  # the 240 attention linears (fewer with --layers), as IAMFlow's checkpoint
+        for method in args.methods.split(","):
+            spec = StreamingSpec.from_config(compose_config([f"model={method}"])["model"]["params"])
+            pipeline = StreamingWanPipeline(dit, text, decoder, spec)
+            pipeline.generate(prompts, seed=0, **geometry)  # warm-up (allocator, kernels)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            result = pipeline.generate(prompts, seed=1, **geometry)
+            t = result.timings
+            row = {"method": method, "precision": precision, "blocks": result.details["num_blocks"],
+                   "pixel_frames": len(result.frames), "seconds_per_block": t["loop"] / result.details["num_blocks"],
+                   "seconds_per_video": t["end_to_end"], "pixel_fps": t["pixel_fps"], "core_dit": t["core_dit"],
+                   "method_overhead": t["method_overhead"], "output_decode": t["output_decode"],
+                   "peak_memory_gib": result.peak_memory_bytes / 2**30}
+            rows.append(row)
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+              "torch": torch.__version__, "layers": args.layers, "geometry": geometry, "prompts": args.prompts,
+              "time": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
