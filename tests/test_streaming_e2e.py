@@ -20,6 +20,7 @@ pytest.importorskip("diffusers")
     ("self_forcing", "[subject_consistency,boundary_smoothness]"),
     ("memflow", "[subject_consistency,boundary_smoothness]"),
     ("iamflow_backbone", "[subject_consistency,boundary_smoothness]"),
+    ("iamflow", "[subject_consistency,boundary_smoothness]"),
 ])
 def test_streaming_model_runs_end_to_end(tmp_path, model, metrics):
     run_dir = tmp_path / "run"
@@ -33,6 +34,9 @@ def test_streaming_model_runs_end_to_end(tmp_path, model, metrics):
     assert sidecar["num_frames"] == 1 + 4 * (12 - 1)  # 6 prompts x 2 latent frames at the tiny geometry
     assert sidecar["switch_frames"] == [5, 13, 21, 29, 37]
     assert sidecar["extra"]["method"] == model and sidecar["timings"]["core_dit"] > 0
+    if model == "iamflow":  # the registry and the memory trace travel in the sidecar
+        assert sidecar["extra"]["iam"]["registry"]["entities"][0]["name"] == "Noah"
+        assert sidecar["extra"]["iam"]["memory_trace"]["events"]
     latest = RecordStore(run_dir / "records").latest()
     scored = [r for r in latest.values() if r.status in ("ok", "fallback")]
     expected = 9 if metrics is None else 2

@@ -43,7 +43,8 @@ class StreamingWanGenerator(Generator):
                  memory: Mapping[str, Any] | None = None, block_frames: int = 3,
                  denoising_steps: Sequence[int] = (1000, 750, 500, 250), size: str = "full", seed: int = 0,
                  weights: Mapping[str, Any] | None = None, fp8: bool = False, dtype: str = "bfloat16",
-                 device: str = "auto", crf: int = 18, architecture: Mapping[str, Any] | None = None) -> None:
+                 device: str = "auto", crf: int = 18, architecture: Mapping[str, Any] | None = None,
+                 iam: Mapping[str, Any] | None = None) -> None:
         from narrastream.streaming.pipeline import StreamingSpec
 
         if size not in ("full", "tiny"):
@@ -58,6 +59,7 @@ class StreamingWanGenerator(Generator):
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
                                    else ("cpu" if device == "auto" else device))
         self.architecture = dict(architecture or {})  # WanConfig overrides (default: Wan2.1-T2V-1.3B)
+        self.iam = dict(iam or {})  # IAMFlow's identity agents (memory policy "identity")
         self.pipeline = None
         self.loaded: dict[str, Any] = {}
 
@@ -153,18 +155,37 @@ class StreamingWanGenerator(Generator):
                        "fp8": self.fp8 or is_fp8_checkpoint(dit_path)}
         return dit, text_encoder, decoder
 
+    def _identity_agent(self, script: Script):
+        """IAMFlow's agent for one script (state never crosses scripts)."""
+        from narrastream.iamflow.agent import IdentityAgent
+
+        source = self.iam.get("entities", "annotations")
+        if source != "annotations":
+            raise ValueError(f"iam.entities={source!r}: only 'annotations' (the frozen narrative annotations) "
+                             "is available; the LLM extraction path is not built yet")
+        characters = characters_from_annotations(script, self.iam.get("annotations_path"))
+        if characters is None:
+            raise GenerationError(f"{self.method}: script {script.id} has no frozen annotations for its prompts, "
+                                  "so its characters are unknown (iam.entities=annotations)")
+        return IdentityAgent(script.prompts, characters, capacity=int(self.iam.get("capacity", 4)),
+                             min_multi_entity=int(self.iam.get("min_multi_entity", 2)),
+                             max_archived_frames=self.iam.get("max_archived_frames", 16))
+
     # ------------------------------------------------------------------ generation
     def generate(self, request: GenerationRequest) -> GeneratedVideo:
         from narrastream.video.encode import write_mp4
 
         if self.pipeline is None:
             self.prepare([request.script])
+        agent = self._identity_agent(request.script) if self.spec.memory == "identity" else None
         try:
             result = self.pipeline.generate(list(request.script.prompts), seed=request.seed,
                                             seconds_per_segment=request.seconds_per_segment, fps=request.fps,
-                                            height=request.height, width=request.width)
+                                            height=request.height, width=request.width, memory_agent=agent)
         except ValueError as exc:
             raise GenerationError(f"{self.method}: {exc}") from exc
+        if agent is not None:
+            result.details["iam"] = agent.to_json()
         write_mp4(request.output_path, result.frames, fps=request.fps, crf=self.crf)
         device = self.pipeline.device
         return GeneratedVideo(
@@ -177,6 +198,21 @@ class StreamingWanGenerator(Generator):
             extra={"method": self.method, "policies": _policies(self.spec), "weights": self.loaded,
                    "switch_latent_frames": list(result.plan.switches), **result.details},
         )
+
+
+def characters_from_annotations(script: Script, path: str | None = None) -> list[list[Any]] | None:
+    """Each prompt's human characters (first names of the cast, with their looks) from the frozen
+    narrative annotations, or None when the script is not annotated for these prompts."""
+    from narrastream.harness.session import load_annotations
+    from narrastream.iamflow.registry import ExtractedEntity
+    from narrastream.protocol.annotation_checks import load_cast
+
+    annotation, _ = load_annotations({"path": path}).for_script(script.id, script.prompts)
+    if annotation is None or annotation.segment_entities is None:
+        return None
+    cast = load_cast()
+    return [[ExtractedEntity(e.name, tuple(e.attributes)) for e in segment if e.name in cast]
+            for segment in annotation.segment_entities]
 
 
 def _policies(spec) -> dict[str, Any]:

@@ -124,7 +124,9 @@ class StreamingWanPipeline:
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[str], *, seed: int, seconds_per_segment: float, fps: float,
-                 height: int, width: int) -> StreamResult:
+                 height: int, width: int, memory_agent: MemoryAgent | None = None) -> StreamResult:
+        """One video; ``memory_agent`` (per video, e.g. IAMFlow's agent for this script) overrides the
+        pipeline's agent for the ``identity`` memory policy."""
         spec, dit, device = self.spec, self.dit, self.device
         clock = _Clock(device)
         if device.type == "cuda":
@@ -138,7 +140,7 @@ class StreamingWanPipeline:
                 contexts = self.text_encoder.encode(list(prompts)).to(device)
             cache = dit.new_cache(1, lat_h, lat_w, spec.cache)
             memory = build_memory(spec.memory, bank_size=spec.bank_size, record_interval=spec.record_interval,
-                                  agent=self.memory_agent)
+                                  agent=memory_agent or self.memory_agent)
             bank = dit.new_memory_bank(memory.bank_size, 1, lat_h, lat_w) if memory.bank_size else None
             state = StreamState(cache=cache, bank=bank, prompts=list(prompts))
             generator = torch.Generator(device="cpu").manual_seed(int(seed))
