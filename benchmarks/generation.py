@@ -25,12 +25,15 @@ from typing import Any
 import torch
 
 from narrastream.config import compose_config
+from narrastream.iamflow.agent import IdentityAgent
+from narrastream.iamflow.registry import ExtractedEntity
 from narrastream.streaming.fp8 import quantize_model
 from narrastream.streaming.pipeline import StreamingSpec, StreamingWanPipeline
 from narrastream.streaming.vae import StreamingWanDecoder
 from narrastream.streaming.wan_model import CausalWanTransformer, WanConfig
 
-METHODS = ("self_forcing", "longlive", "memflow", "iamflow_backbone")
+METHODS = ("self_forcing", "longlive", "memflow", "iamflow_backbone", "iamflow")
+CHARACTERS = ("Noah", "Mina", "Kai")  # the iamflow row: two of them per prompt, named in the prompt text
 
 
 class RandomTextFeatures:
@@ -75,7 +78,8 @@ def main() -> None:
     device = torch.device(args.device)
     dit, decoder = build(args, device)
     text = RandomTextFeatures(dit.cfg.text_dim, dit.cfg.text_len, device, torch.bfloat16)
-    prompts = [f"prompt {k}" for k in range(args.prompts)]
+    pairs = [(CHARACTERS[k % 3], CHARACTERS[(k + 1) % 3]) for k in range(args.prompts)]
+    prompts = [f"{a} and {b} work at the table, step {k}." for k, (a, b) in enumerate(pairs)]
     geometry = dict(seconds_per_segment=args.seconds_per_segment, fps=args.fps, height=args.height, width=args.width)
     rows = []
     for precision in args.precisions.split(","):
@@ -84,10 +88,16 @@ def main() -> None:
         for method in args.methods.split(","):
             spec = StreamingSpec.from_config(compose_config([f"model={method}"])["model"]["params"])
             pipeline = StreamingWanPipeline(dit, text, decoder, spec)
-            pipeline.generate(prompts, seed=0, **geometry)  # warm-up (allocator, kernels)
+
+            def agent() -> IdentityAgent | None:  # IAMFlow's agent: a fresh one per video
+                if spec.memory != "identity":
+                    return None
+                return IdentityAgent(prompts, [[ExtractedEntity(a, ()), ExtractedEntity(b, ())] for a, b in pairs])
+
+            pipeline.generate(prompts, seed=0, memory_agent=agent(), **geometry)  # warm-up (allocator, kernels)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            result = pipeline.generate(prompts, seed=1, **geometry)
+            result = pipeline.generate(prompts, seed=1, memory_agent=agent(), **geometry)
             t = result.timings
             row = {"method": method, "precision": precision, "blocks": result.details["num_blocks"],
                    "pixel_frames": len(result.frames), "seconds_per_block": t["loop"] / result.details["num_blocks"],
@@ -96,6 +106,11 @@ def main() -> None:
                    "peak_memory_gib": result.peak_memory_bytes / 2**30}
             rows.append(row)
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    speed = {(r["method"], r["precision"]): r["seconds_per_video"] for r in rows}
+    for precision in args.precisions.split(","):
+        if ("iamflow", precision) in speed and ("longlive", precision) in speed:
+            print(f"{precision}: iamflow is {speed[('longlive', precision)] / speed[('iamflow', precision)]:.2f}x "
+                  "the speed of longlive (seconds per video, same run)")
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
               "torch": torch.__version__, "layers": args.layers, "geometry": geometry, "prompts": args.prompts,
               "time": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}
