@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from narrastream.checkpoints import compare_state
+
 logger = logging.getLogger(__name__)
 
 FP8_DTYPE = torch.float8_e4m3fn
@@ -290,13 +292,9 @@ def load_fp8_checkpoint(model: nn.Module, path: str | Path) -> list[str]:
     if bad_modules:
         problems.append(_format_keys("FP8 entries whose module is not a linear in the model", bad_modules))
 
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    shapes = sorted(
-        f"{k}: file {tuple(tensors[k].shape)} vs model {expected[k]}"
-        for k in set(expected) & set(tensors)
-        if tuple(tensors[k].shape) != expected[k]
-    )
+    diff = compare_state(expected, tensors)
+    missing, unexpected = diff.missing, diff.unexpected
+    shapes = [f"{k}: file {got} vs model {want}" for k, got, want in diff.shapes]
     dtypes = sorted(
         f"{name}.{buf}: {tensors[name + '.' + buf].dtype}, expected {dtype}"
         for name in fp8_names

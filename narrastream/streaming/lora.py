@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from narrastream.checkpoints import compare_state
+
 logger = logging.getLogger(__name__)
 
 LORA_RANK = 256
@@ -93,13 +95,9 @@ def _check_adapter(
         linear = model.get_submodule(name)
         expected[f"{name}.lora_A.weight"] = (rank, linear.in_features)
         expected[f"{name}.lora_B.weight"] = (linear.out_features, rank)
-    unexpected = sorted(set(state) - set(expected))
-    missing = sorted(set(expected) - set(state))
-    shapes = sorted(
-        f"{k}: adapter {tuple(state[k].shape)} vs expected {expected[k]} (rank {rank})"
-        for k in set(state) & set(expected)
-        if tuple(state[k].shape) != expected[k]
-    )
+    diff = compare_state(expected, state)
+    unexpected, missing = diff.unexpected, diff.missing
+    shapes = [f"{k}: adapter {got} vs expected {want} (rank {rank})" for k, got, want in diff.shapes]
     problems = [
         f"  {title} ({len(items)}): {', '.join(items[:10])}{' ...' if len(items) > 10 else ''}"
         for title, items in (("keys matching no target linear", unexpected), ("missing keys", missing),

@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from narrastream.checkpoints import compare_state
+
 from .kv_cache import (
     CachePolicy,
     CrossAttentionCache,
@@ -464,12 +466,10 @@ def load_wan_state_dict(
         if bad:
             raise ValueError(f"{name}: {len(bad)} keys lack the prefix {strip_prefix!r}, e.g. {bad[:5]}")
         state = {k[len(strip_prefix):]: v for k, v in state.items()}
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mis_shaped = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-                        for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    if missing or unexpected or mis_shaped:
+    diff = compare_state(model.state_dict(), state)
+    missing, unexpected = diff.missing, diff.unexpected
+    mis_shaped = [f"{k}: checkpoint {got} vs model {want}" for k, got, want in diff.shapes]
+    if diff:
         def show(items: Sequence[str]) -> str:
             return ", ".join(items[:20]) + (f", ... ({len(items)} in all)" if len(items) > 20 else "")
 

@@ -73,6 +73,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from narrastream._compat import ensure_torchvision
+from narrastream.checkpoints import compare_state
 
 ensure_torchvision()
 from torchvision.transforms import InterpolationMode  # noqa: E402
@@ -360,14 +361,10 @@ def map_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str,
 def load_official_state_dict(model: LanguageBindVideoModel, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> LanguageBindVideoModel:
     """Strictly load an official-layout state dict; every missing, unexpected or mis-shaped key is listed."""
     mapped = map_official_state_dict(state_dict)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(mapped))
-    unexpected = sorted(set(mapped) - set(expected))
-    shapes = sorted(
-        f"{k}: checkpoint {tuple(mapped[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in set(expected) & set(mapped) if tuple(mapped[k].shape) != tuple(expected[k].shape)
-    )
-    if missing or unexpected or shapes:
+    diff = compare_state(model.state_dict(), mapped)
+    missing, unexpected = diff.missing, diff.unexpected
+    shapes = [f"{k}: checkpoint {got} vs model {want}" for k, got, want in diff.shapes]
+    if diff:
         def listing(title: str, keys: Sequence[str]) -> list[str]:
             return [f"{title} ({len(keys)}):"] + [f"  {k}" for k in keys[:50]] + ([f"  ... {len(keys) - 50} more"] if len(keys) > 50 else [])
         lines = [f"{source}: does not match the LanguageBind video model (strict load)"]

@@ -223,16 +223,14 @@ def resolve_weights(
 def load_state_strict(model: "torch.nn.Module", state: dict[str, Any], path: Path | str, label: str) -> "torch.nn.Module":
     """``model.load_state_dict(state, strict=True)``, but a mismatch is a ValueError that lists the
     missing, unexpected and wrongly shaped keys (the first 20 of each) and names the file."""
+    from narrastream.checkpoints import compare_state
+
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(
-        f"{key} {tuple(state[key].shape)} (expected {tuple(expected[key].shape)})"
-        for key in set(state) & set(expected) if tuple(state[key].shape) != tuple(expected[key].shape)
-    )
-    if missing or unexpected or mismatched:
+    diff = compare_state(expected, state)
+    if diff:
+        mismatched = [f"{key} {got} (expected {want})" for key, got, want in diff.shapes]
         lines = [f"{path}: does not match {label} ({len(expected)} tensors)"]
-        for kind, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+        for kind, keys in (("missing", diff.missing), ("unexpected", diff.unexpected), ("wrong shape", mismatched)):
             if keys:
                 lines.append(f"  {kind} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
         raise ValueError("\n".join(lines))
