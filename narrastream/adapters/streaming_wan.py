@@ -60,6 +60,7 @@ class StreamingWanGenerator(Generator):
                                    else ("cpu" if device == "auto" else device))
         self.architecture = dict(architecture or {})  # WanConfig overrides (default: Wan2.1-T2V-1.3B)
         self.iam = dict(iam or {})  # IAMFlow's identity agents (memory policy "identity")
+        self._iam_sources: tuple[Any, Any] | None = None
         self.pipeline = None
         self.loaded: dict[str, Any] = {}
 
@@ -163,7 +164,12 @@ class StreamingWanGenerator(Generator):
         if source != "annotations":
             raise ValueError(f"iam.entities={source!r}: only 'annotations' (the frozen narrative annotations) "
                              "is available; the LLM extraction path is not built yet")
-        characters = characters_from_annotations(script, self.iam.get("annotations_path"))
+        if self._iam_sources is None:  # the annotations file and the cast are read once, not per video
+            from narrastream.harness.session import load_annotations
+            from narrastream.protocol.annotation_checks import load_cast
+
+            self._iam_sources = (load_annotations({"path": self.iam.get("annotations_path")}), load_cast())
+        characters = characters_from_annotations(script, *self._iam_sources)
         if characters is None:
             raise GenerationError(f"{self.method}: script {script.id} has no frozen annotations for its prompts, "
                                   "so its characters are unknown (iam.entities=annotations)")
@@ -200,17 +206,20 @@ class StreamingWanGenerator(Generator):
         )
 
 
-def characters_from_annotations(script: Script, path: str | None = None) -> list[list[Any]] | None:
+def characters_from_annotations(script: Script, annotations: Any = None,
+                                cast: Mapping[str, Any] | None = None) -> list[list[Any]] | None:
     """Each prompt's human characters (first names of the cast, with their looks) from the frozen
-    narrative annotations, or None when the script is not annotated for these prompts."""
+    narrative annotations (loaded when not given), or None when the script is not annotated for these
+    prompts."""
     from narrastream.harness.session import load_annotations
     from narrastream.iamflow.registry import ExtractedEntity
     from narrastream.protocol.annotation_checks import load_cast
 
-    annotation, _ = load_annotations({"path": path}).for_script(script.id, script.prompts)
+    annotations = annotations if annotations is not None else load_annotations({})
+    annotation, _ = annotations.for_script(script.id, script.prompts)
     if annotation is None or annotation.segment_entities is None:
         return None
-    cast = load_cast()
+    cast = cast if cast is not None else load_cast()
     return [[ExtractedEntity(e.name, tuple(e.attributes)) for e in segment if e.name in cast]
             for segment in annotation.segment_entities]
 
