@@ -24,7 +24,7 @@ from narrastream.judges.base import ImagePart, Judge, JudgeAnswerError, JudgeUna
 from narrastream.judges.testing import protocol_answer
 from narrastream.metrics.base import MetricContext, MetricResult
 from narrastream.metrics.functional.judged import grounding_segment_score, unit_interval, vlm_score
-from narrastream.metrics.instruction._judged import encode_jpeg
+from narrastream.judges.images import encode_jpeg
 from narrastream.metrics.instruction.entity_grounding import EntityGrounding
 from narrastream.metrics.instruction.vlm_score import VlmScore
 from narrastream.protocol.annotations import Entity, ScriptAnnotations, parse_script_annotations, prompts_sha256

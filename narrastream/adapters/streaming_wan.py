@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -61,6 +62,7 @@ class StreamingWanGenerator(Generator):
         self.architecture = dict(architecture or {})  # WanConfig overrides (default: Wan2.1-T2V-1.3B)
         self.iam = dict(iam or {})  # IAMFlow's identity agents (memory policy "identity")
         self._iam_sources: tuple[Any, Any] | None = None
+        self._iam_judges: dict[str, Any] = {}
         self.pipeline = None
         self.loaded: dict[str, Any] = {}
 
@@ -157,13 +159,39 @@ class StreamingWanGenerator(Generator):
         return dit, text_encoder, decoder
 
     def _identity_agent(self, script: Script):
-        """IAMFlow's agent for one script (state never crosses scripts)."""
-        from narrastream.iamflow.agent import IdentityAgent
+        """IAMFlow's agent for one script (state never crosses scripts), with its verifier when enabled."""
+        from narrastream.iamflow.agent import VISUAL_WEIGHT, IdentityAgent
 
         source = self.iam.get("entities", "annotations")
-        if source != "annotations":
-            raise ValueError(f"iam.entities={source!r}: only 'annotations' (the frozen narrative annotations) "
-                             "is available; the LLM extraction path is not built yet")
+        disambiguate = None
+        if source == "annotations":
+            characters = self._annotated_characters(script)
+        elif source == "llm":
+            from narrastream.iamflow.entities import EntityExtractionError, extract_script_entities
+
+            try:
+                characters, disambiguate = extract_script_entities(self._iam_judge("llm"), script.prompts)
+            except EntityExtractionError as exc:
+                raise GenerationError(f"{self.method}: script {script.id}: {exc}") from exc
+        else:
+            raise ValueError(f"model.params.iam.entities={source!r}: expected annotations or llm")
+        settings = dict(self.iam.get("verifier") or {})
+        verifier = None
+        if settings.get("enabled", False):
+            from narrastream.iamflow.verifier import VisualVerifier
+
+            verifier = VisualVerifier(self._iam_judge("verifier"), mode=str(settings.get("mode", "async")),
+                                      timeout_s=float(settings.get("timeout_s", 30.0)),
+                                      max_pending=int(settings.get("max_pending", 8)),
+                                      frames=tuple(settings.get("frames", (0, 4, 8))), size=int(settings.get("size", 256)))
+        return IdentityAgent(script.prompts, characters, capacity=int(self.iam.get("capacity", 4)),
+                             min_multi_entity=int(self.iam.get("min_multi_entity", 2)),
+                             max_archived_frames=self.iam.get("max_archived_frames", 16),
+                             retention=str(self.iam.get("retention", "entity_score")), verifier=verifier,
+                             lag_blocks=int(settings.get("lag_blocks", 1)),
+                             visual_weight=float(settings.get("weight", VISUAL_WEIGHT)), disambiguate=disambiguate)
+
+    def _annotated_characters(self, script: Script) -> list[list[Any]]:
         if self._iam_sources is None:  # the annotations file and the cast are read once, not per video
             from narrastream.harness.session import load_annotations
             from narrastream.protocol.annotation_checks import load_cast
@@ -173,9 +201,31 @@ class StreamingWanGenerator(Generator):
         if characters is None:
             raise GenerationError(f"{self.method}: script {script.id} has no frozen annotations for its prompts, "
                                   "so its characters are unknown (iam.entities=annotations)")
-        return IdentityAgent(script.prompts, characters, capacity=int(self.iam.get("capacity", 4)),
-                             min_multi_entity=int(self.iam.get("min_multi_entity", 2)),
-                             max_archived_frames=self.iam.get("max_archived_frames", 16))
+        return characters
+
+    def _iam_judge(self, role: str):
+        """The LLM (``iam.llm``) or the verifier's VLM (``iam.verifier.judge``), built once per adapter.
+
+        A local verifier model goes to the second GPU when there is one (the DiT keeps the first)."""
+        if role not in self._iam_judges:
+            from narrastream.judges import build_judges
+
+            cfg = dict(self.iam.get("llm") or {}) if role == "llm" else dict((self.iam.get("verifier") or {}).get("judge") or {})
+            key = "model.params.iam." + ("llm" if role == "llm" else "verifier.judge")
+            if cfg.get("backend", "none") == "none" or not cfg.get("model"):
+                raise ValueError(f"{key}: IAMFlow's {role} needs a judge config with a backend and a model "
+                                 "(the keys of eval_configs/judge/*.yaml)")
+            if cfg.get("backend") == "local" and cfg.get("device", "auto") == "auto" and role == "verifier" \
+                    and torch.cuda.device_count() > 1:
+                cfg["device"] = "cuda:1"
+            judges = build_judges(cfg)
+            self._iam_judges[role] = judges.vlm if role == "verifier" else judges.planner
+        return self._iam_judges[role]
+
+    def close(self) -> None:
+        for judge in self._iam_judges.values():
+            judge.close()
+        self._iam_judges.clear()
 
     # ------------------------------------------------------------------ generation
     def generate(self, request: GenerationRequest) -> GeneratedVideo:
@@ -183,15 +233,23 @@ class StreamingWanGenerator(Generator):
 
         if self.pipeline is None:
             self.prepare([request.script])
+        setup_started = time.perf_counter()
         agent = self._identity_agent(request.script) if self.spec.memory == "identity" else None
+        setup_s = time.perf_counter() - setup_started
         try:
             result = self.pipeline.generate(list(request.script.prompts), seed=request.seed,
                                             seconds_per_segment=request.seconds_per_segment, fps=request.fps,
                                             height=request.height, width=request.width, memory_agent=agent)
         except ValueError as exc:
             raise GenerationError(f"{self.method}: {exc}") from exc
+        finally:
+            if agent is not None and agent.verifier is not None:
+                agent.verifier.close()
         if agent is not None:
             result.details["iam"] = agent.to_json()
+            # the agents' set-up (LLM extraction and ID matching) runs before the stream, as in the release,
+            # whose profiler leaves it out of the end-to-end time; it is reported beside it
+            result.timings["iam_setup"] = setup_s
         write_mp4(request.output_path, result.frames, fps=request.fps, crf=self.crf)
         device = self.pipeline.device
         return GeneratedVideo(

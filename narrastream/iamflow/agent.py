@@ -7,22 +7,33 @@ prompt on, retrieves archived frames covering the characters the prompt needs (g
 block's latent frames against the prompt's entity-weighted text keys (layer 0, §3.5), archives the best
 one with a host copy of its K/V, updates the ID memory (§3.6) and re-injects when the memory changed.
 
-Departures (docs/streaming.md): candidates are the just-committed blocks (the release's archival path;
-its second, eviction-time scoring of the same inputs only overwrites the same entry); no visual
-verifier yet, so the fused score is the semantic score (the release's behaviour with the VLM off); the
-archive is bounded (``max_archived_frames``) where the release keeps every frame (~18 GB per video).
+With a visual verifier (:mod:`~narrastream.iamflow.verifier`) each block's frames also go to the VLM
+and the frame is chosen by the fused score 0.7 * minmax(semantic) + 0.3 * visual (§3.5 step 5). In
+``async`` mode the choice for block b is made ``lag_blocks`` blocks later (default 1), so the VLM runs
+while the DiT denoises the next block; every pending choice is settled before a prompt switch and at the
+end of the video. The first block's verdict of each prompt may carry attribute corrections, which
+replace the registry's attributes of those IDs (§3.10; as released, they change the registry only).
+
+Departures (docs/iamflow.md): candidates are the just-committed blocks (the release's archival path;
+its second, eviction-time scoring of the same inputs only overwrites the same entry); the archive is
+bounded (``max_archived_frames``) where the release keeps every frame (~18 GB per video).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
 from narrastream.iamflow.id_memory import FrameRecord, IdentityMemory, frame_id_for
-from narrastream.iamflow.registry import EntityRegistry, ExtractedEntity
+from narrastream.iamflow.registry import Disambiguator, EntityRegistry, ExtractedEntity
 
+if TYPE_CHECKING:
+    from narrastream.iamflow.verifier import Verdict, VisualVerifier
+
+VISUAL_WEIGHT = 0.3  # vlm_score_weight: fused = (1 - w) * minmax(semantic) + w * visual
 UPWEIGHT = 2.5
 MARGIN = 0.02
 HEAD_FRACTION, HEAD_WEIGHT = 0.08, 0.7
@@ -70,23 +81,68 @@ def semantic_scores(text_keys: torch.Tensor, weights: torch.Tensor, frame_keys: 
     return (k * q.unsqueeze(0)).sum(-1).mean(dim=(1, 2)) / math.sqrt(text_keys.shape[-1])
 
 
+def fuse_scores(semantic: torch.Tensor, visual: Sequence[float] | None, weight: float = VISUAL_WEIGHT) -> torch.Tensor:
+    """§3.5 step 5: without visual scores the semantic scores themselves; with them
+    ``(1 - weight) * minmax(semantic) + weight * visual`` (0.5 per candidate when the semantic range is
+    below 1e-8).
+
+    >>> fuse_scores(torch.tensor([1.0, 3.0, 2.0]), [0.0, 0.0, 1.0]).tolist()
+    [0.0, 0.699999988079071, 0.6499999761581421]
+    """
+    if visual is None:
+        return semantic.float()
+    e = semantic.float()
+    spread = float(e.max() - e.min())
+    normalised = (e - e.min()) / spread if spread >= 1e-8 else torch.full_like(e, 0.5)
+    v = torch.tensor(list(visual)[: len(e)] + [0.5] * max(0, len(e) - len(visual)), dtype=torch.float32)
+    return (1.0 - weight) * normalised + weight * v
+
+
+@dataclass
+class _Candidate:
+    """One committed block awaiting its archive decision (the verifier's answer)."""
+
+    key: str  # p{prompt}_c{chunk}, 1-based
+    prompt_index: int
+    chunk: int
+    block_index: int
+    frames: list[int]  # absolute latent indices
+    semantic: torch.Tensor  # [len(frames)]
+    entity_ids: tuple[int, ...]
+
+
 class IdentityAgent:
-    """One script's IAM agent (state never crosses scripts: build one per video)."""
+    """One script's IAM agent (state never crosses scripts: build one per video).
+
+    ``verifier``: a :class:`~narrastream.iamflow.verifier.VisualVerifier` (or None: semantic score only);
+    ``lag_blocks``: how many blocks later an async verifier's answer is collected; ``disambiguate``: the
+    registry's hook for ambiguous names (an LLM, :func:`~narrastream.iamflow.questions.match_identity`).
+    """
 
     def __init__(self, prompts: Sequence[str], entities: Sequence[Sequence[ExtractedEntity]], *, capacity: int = 4,
-                 min_multi_entity: int = 2, max_archived_frames: int | None = 16) -> None:
+                 min_multi_entity: int = 2, max_archived_frames: int | None = 16, retention: str = "entity_score",
+                 verifier: "VisualVerifier | None" = None, lag_blocks: int = 1, visual_weight: float = VISUAL_WEIGHT,
+                 disambiguate: Disambiguator | None = None) -> None:
         if len(entities) != len(prompts):
             raise ValueError(f"entities for {len(entities)} prompts, the script has {len(prompts)}")
+        if lag_blocks < 0:
+            raise ValueError("iam.verifier.lag_blocks must be >= 0")
         self.prompts, self.entities = list(prompts), [list(e) for e in entities]
-        self.registry = EntityRegistry()
-        self.memory = IdentityMemory(capacity, min_multi_entity, max_archived_frames)
+        self.registry = EntityRegistry(disambiguate)
+        self.memory = IdentityMemory(capacity, min_multi_entity, max_archived_frames, retention)
+        self.verifier = verifier
+        self.lag_blocks = int(lag_blocks) if verifier is not None and verifier.mode == "async" else 0
+        self.visual_weight = float(visual_weight)
         self.kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # frame id -> host K/V [L, B, N, H, D]
         self.prompt_ids: tuple[int, ...] = ()
         self.chunk = 0
         self._injected: tuple[str, ...] | None = None
+        self._pending: list[_Candidate] = []
+        self.decisions: list[dict[str, Any]] = []  # per block: the verdict and the frame chosen
 
     # MemoryAgent ---------------------------------------------------------------------------------
     def on_prompt_start(self, state: Any) -> None:
+        self._settle(state)  # normally done by before_switch already
         p = state.prompt_index
         self.prompt_ids = self.registry.register(p, self.entities[p])
         self.chunk = 0
@@ -96,6 +152,13 @@ class IdentityAgent:
         frames = self.memory.start_prompt(p, self.prompt_ids, first=(p == 0))
         self._inject(state, frames)
 
+    def before_switch(self, state: Any) -> None:
+        """Settle pending choices while their frames are still in the cache and before retrieval."""
+        self._settle(state)
+
+    def on_video_end(self, state: Any) -> None:
+        self._settle(state)
+
     def after_commit(self, block_index: int, start_frame: int, num_frames: int, state: Any) -> None:
         self.chunk += 1
         if not self.prompt_ids or state.cache.cross_attn.k is None:
@@ -103,20 +166,79 @@ class IdentityAgent:
         kv = state.cache.self_attn
         frames = list(range(start_frame, start_frame + num_frames))
         frame_keys = torch.stack([kv.frame_kv(0, f)[0] for f in frames])
-        weights = entity_token_weights(self.prompts[state.prompt_index], self.entities[state.prompt_index],
-                                       state.cache.cross_attn.k[0].shape[1])
-        scores = semantic_scores(state.cache.cross_attn.k[0], weights, frame_keys)
-        best = int(scores.argmax())
-        frame_id = frame_id_for(state.prompt_index + 1, self.chunk, best)
-        k, v = kv.export_frames([frames[best]])
-        self.kv[frame_id] = (k.cpu(), v.cpu())
-        record = FrameRecord(frame_id=frame_id, latent_index=frames[best], prompt_index=state.prompt_index,
-                             entity_ids=self.prompt_ids, score=float(scores[best]), key=frame_id)
-        for evicted in self.memory.offer(record):
-            self.kv.pop(evicted.frame_id, None)
-        self._inject(state, self.memory.injected())
+        p = state.prompt_index
+        weights = entity_token_weights(self.prompts[p], self.entities[p], state.cache.cross_attn.k[0].shape[1])
+        candidate = _Candidate(key=f"p{p + 1}_c{self.chunk}", prompt_index=p, chunk=self.chunk,
+                               block_index=block_index, frames=frames,
+                               semantic=semantic_scores(state.cache.cross_attn.k[0], weights, frame_keys).cpu(),
+                               entity_ids=self.prompt_ids)
+        if self.verifier is not None:
+            self._submit(candidate, state)
+        self._pending.append(candidate)
+        self._settle(state, before_block=block_index - self.lag_blocks + 1)
 
     # ----------------------------------------------------------------------------------------------
+    def _submit(self, candidate: _Candidate, state: Any) -> None:
+        from narrastream.streaming.vae import to_uint8_frames
+
+        if state.block_pixels is None:
+            raise RuntimeError("the visual verifier needs the block's decoded frames (state.block_pixels)")
+        registry = None
+        if candidate.chunk == 1:  # a prompt's first block: the registry's attributes, for corrections
+            registry = {e["id"]: (e["name"], tuple(e["attributes"])) for e in self.registry.to_json()["entities"]}
+        names = [e.name for e in self.entities[candidate.prompt_index]]
+        self.verifier.submit(candidate.key, to_uint8_frames(state.block_pixels).numpy(),
+                             self.prompts[candidate.prompt_index], names, registry, count=len(candidate.frames))
+
+    def _settle(self, state: Any, before_block: int | None = None) -> None:
+        """Decide every pending block (those older than ``before_block`` when given), oldest first."""
+        while self._pending and (before_block is None or self._pending[0].block_index < before_block):
+            self._decide(self._pending.pop(0), state)
+
+    def _decide(self, candidate: _Candidate, state: Any) -> None:
+        verdict = self.verifier.result(candidate.key) if self.verifier is not None else None
+        visual = verdict.scores if verdict is not None and verdict.status == "ok" else None
+        fused = fuse_scores(candidate.semantic, visual, self.visual_weight)
+        best = int(fused.argmax())
+        frame_id = frame_id_for(candidate.prompt_index + 1, candidate.chunk, best)
+        decision: dict[str, Any] = {"block": candidate.key, "frame": frame_id,
+                                    "semantic": [round(float(x), 6) for x in candidate.semantic]}
+        if verdict is not None:
+            decision.update(verifier=verdict.status, visual=visual, waited_s=round(verdict.waited_s, 4))
+            if verdict.reason:
+                decision["reason"] = verdict.reason
+            if verdict.corrections and candidate.chunk == 1:
+                decision["corrections"] = self._apply_corrections(verdict.corrections)
+        try:
+            k, v = state.cache.self_attn.export_frames([candidate.frames[best]])
+        except KeyError as exc:  # the frame left the cache before the decision (lag too long)
+            decision["archived"] = False
+            decision["reason"] = f"not archived: {exc}"
+            self.decisions.append(decision)
+            return
+        self.decisions.append(decision)
+        self.kv[frame_id] = (k.cpu(), v.cpu())
+        record = FrameRecord(frame_id=frame_id, latent_index=candidate.frames[best],
+                             prompt_index=candidate.prompt_index, entity_ids=candidate.entity_ids,
+                             score=float(fused[best]), entity_score=float(candidate.semantic[best]), key=frame_id,
+                             visual_score=None if visual is None else float(visual[best]))
+        for evicted in self.memory.offer(record):
+            self.kv.pop(evicted.frame_id, None)
+        if candidate.prompt_index == state.prompt_index:  # a settled choice of an earlier prompt is archived only
+            self._inject(state, self.memory.injected())
+
+    def _apply_corrections(self, corrections: dict[int, list[str]]) -> dict[str, list[str]]:
+        """§3.10: corrected attributes replace a known ID's attributes wholesale (unknown IDs ignored)."""
+        applied = {}
+        for gid, attrs in corrections.items():
+            try:
+                entry = self.registry.entry(gid)
+            except KeyError:
+                continue
+            entry.attributes = list(attrs)
+            applied[str(gid)] = list(attrs)
+        return applied
+
     def _inject(self, state: Any, frames: Sequence[FrameRecord]) -> None:
         key = tuple(sorted(f.frame_id for f in frames))
         if state.bank is None or key == self._injected:
@@ -132,6 +254,9 @@ class IdentityAgent:
         state.bank.write(k, v)
 
     def to_json(self) -> dict[str, Any]:
-        """For the sidecar: the registry and which frames were active per prompt."""
-        return {"registry": self.registry.to_json(), "memory_trace": self.memory.trace.to_json(),
-                "archived_frames": len(self.kv)}
+        """For the sidecar: the registry, which frames were active per prompt, and the verifier's record."""
+        out = {"registry": self.registry.to_json(), "memory_trace": self.memory.trace.to_json(),
+               "archived_frames": len(self.kv), "decisions": self.decisions}
+        if self.verifier is not None:
+            out["verifier"] = self.verifier.stats()
+        return out

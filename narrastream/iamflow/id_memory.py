@@ -54,6 +54,7 @@ class FrameRecord:
     score: float  # fused score (§3.5)
     entity_score: float | None = None  # raw semantic score; defaults to ``score``
     key: Any = None
+    visual_score: float | None = None  # the verifier's score of this frame, when it answered
 
     def __post_init__(self):
         object.__setattr__(self, "entity_ids", frozenset(int(i) for i in self.entity_ids))

@@ -1,4 +1,5 @@
-"""A stand-in judge for tests and benchmarks: valid, deterministic answers to the protocol's questions.
+"""A stand-in judge for tests and benchmarks: valid, deterministic answers to the protocol's questions
+and to IAMFlow's agent questions (entity extraction, ID matching, block verification).
 
 ``protocol_responder`` plugs into :class:`~narrastream.judges.server.ChatCompletionsServer`: it reads
 which question a request asks (from the JSON shape our templates request) and answers it with
@@ -19,6 +20,30 @@ from narrastream.judges.wire import from_openai
 def _numbers(seed: str, count: int, low: int, high: int) -> list[int]:
     digest = hashlib.sha256(seed.encode()).digest()
     return [low + digest[i % len(digest)] % (high - low + 1) for i in range(count)]
+
+
+_NOT_NAMES = frozenset("""a an the he she they it his her their in on at as by with while then after before
+when where from into through across one two three later meanwhile finally suddenly inside outside""".split())
+
+
+def iamflow_answer(system: str, text: str, images: int) -> str | None:
+    """The answer to one of IAMFlow's agent questions (narrastream.iamflow.questions), or None."""
+    seed = f"{system}|{text}|{images}"
+    if '"entity": "short name"' in system:  # extraction: capitalised words that are not sentence openers
+        names = []
+        for word in re.findall(r"\b[A-Z][a-z]+\b", text):
+            if word.lower() not in _NOT_NAMES and word not in names:
+                names.append(word)
+        return json.dumps({"entities": [{"entity": n, "attrs": []} for n in names[:2]]})
+    if '"matched_id"' in system:
+        known = re.findall(r"^ID (\d+):", text, flags=re.MULTILINE)
+        return json.dumps({"matched_id": int(known[0]) if known else None})
+    if '"scores": [s1' in text:
+        scores = [v / 100 for v in _numbers(seed, max(1, images), 0, 100)]
+        known = re.findall(r"^ID (\d+) \(", text, flags=re.MULTILINE)
+        corrections = {known[0]: {"corrected_attrs": ["as seen in the frames"]}} if known else None
+        return json.dumps({"scores": scores, "corrections": corrections})
+    return None
 
 
 def protocol_answer(text: str, images: int) -> str:
@@ -51,4 +76,6 @@ def protocol_responder(body: dict[str, Any]) -> str:
     """Responder for :class:`ChatCompletionsServer` answering the last user message."""
     messages = from_openai(body.get("messages"))
     last = messages[-1]
-    return protocol_answer(last.text(), len(last.images()))
+    system = messages[0].text() if messages[0].role == "system" else ""
+    answer = iamflow_answer(system, last.text(), len(last.images()))
+    return answer if answer is not None else protocol_answer(last.text(), len(last.images()))

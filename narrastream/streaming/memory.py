@@ -10,7 +10,9 @@
   caller); it cannot run without one.
 
 A policy is a :class:`MemoryAgent`: the pipeline calls ``on_prompt_start`` at each prompt (after the
-switch is handled) and ``after_commit`` after each block's context pass.
+switch is handled) and ``after_commit`` after each block's context pass and decode (``state.block_pixels``
+holds the block's decoded frames then). An agent may also define ``before_switch`` (called before a
+prompt switch touches the caches) and ``on_video_end``; both are optional.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class StreamState:
     bank: "MemoryBank | None"
     prompts: list[str]
     prompt_index: int = 0
+    block_pixels: "torch.Tensor | None" = None  # the last block's decoded frames, [1, 3, T, H, W] in [-1, 1]
 
 
 class MemoryAgent(Protocol):
@@ -123,6 +126,16 @@ class IdentityMemory:
 
     def after_commit(self, block_index: int, start_frame: int, num_frames: int, state: StreamState) -> None:
         self.agent.after_commit(block_index, start_frame, num_frames, state)
+
+    def before_switch(self, state: StreamState) -> None:
+        hook = getattr(self.agent, "before_switch", None)
+        if hook is not None:
+            hook(state)
+
+    def on_video_end(self, state: StreamState) -> None:
+        hook = getattr(self.agent, "on_video_end", None)
+        if hook is not None:
+            hook(state)
 
 
 def build_memory(policy: str, *, bank_size: int = 0, record_interval: int = 3,

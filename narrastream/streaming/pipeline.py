@@ -9,8 +9,9 @@ Per block of ``block_frames`` latent frames (``switches.plan_switches`` says whi
    sees the new prompt;
 2. four denoising forwards (few-step flow matching, fresh seeded noise between steps) give the clean
    block; a fifth forward at t = 0 commits its K/V to the cache (the context pass);
-3. the memory policy sees the committed block; the VAE decodes the block at once (streaming decode,
-   causal caches carried), so 240 latent frames give 957 pixel frames without a second decode.
+3. the VAE decodes the block at once (streaming decode, causal caches carried), so 240 latent frames
+   give 957 pixel frames without a second decode; then the memory policy sees the committed block and
+   its pixels (IAMFlow's visual verifier scores them).
 
 Timings follow the released profiler's "comparable metrics": end to end, the loop without output
 decode, core DiT (denoise + context forwards), method overhead (loop - core DiT: switches, re-cache,
@@ -159,6 +160,8 @@ class StreamingWanPipeline:
                         previous, prompt = prompt, plan.prompt_for_block(block)
                         with clock.section("switch"):
                             if previous >= 0:
+                                with clock.section("memory"):
+                                    _hook(memory, "before_switch", state)
                                 transition = self._switch(cache, bank, contexts, previous, prompt, start, latents,
                                                           distances, clock)
                             state.prompt_index = prompt
@@ -177,6 +180,10 @@ class StreamingWanPipeline:
                         dit(x0, CONTEXT_TIMESTEP, context, start_frame=start, cache=cache, bank=bank,
                             transition_alpha=alpha, commit=True)
                     latents[:, :, start:start + frames] = x0
+                with clock.section("decode"):
+                    pixels.append(self.decoder.decode_chunk(x0).float().cpu())
+                with clock.section("loop"):
+                    state.block_pixels = pixels[-1]
                     with clock.section("memory"):
                         memory.after_commit(block, start, frames, state)
                     if transition is not None:
@@ -184,8 +191,8 @@ class StreamingWanPipeline:
                         if not transition.active:
                             cache.cross_attn.end_transition()
                             transition = None
-                with clock.section("decode"):
-                    pixels.append(self.decoder.decode_chunk(x0).float().cpu())
+            with clock.section("loop"), clock.section("memory"):
+                _hook(memory, "on_video_end", state)
         video = to_uint8_frames(torch.cat(pixels, dim=2)).numpy()
         t = clock.totals
         timings = {
@@ -227,3 +234,10 @@ class StreamingWanPipeline:
                     self.dit(latents[:, :, first:first + count], CONTEXT_TIMESTEP, context, start_frame=first,
                              cache=cache, bank=bank, commit=True)
         return None
+
+
+def _hook(memory: Any, name: str, state: StreamState) -> None:
+    """Call an optional memory-agent hook (``before_switch``, ``on_video_end``)."""
+    hook = getattr(memory, name, None)
+    if hook is not None:
+        hook(state)

@@ -12,31 +12,18 @@ the official behaviour, which scores such requests 0.5: the result then says ``f
 
 from __future__ import annotations
 
-import io
 from abc import abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from PIL import Image
 
 from narrastream.judges.base import ImagePart
+from narrastream.judges.images import encode_jpeg
 from narrastream.metrics.base import Metric, MetricContext, MetricResult
 from narrastream.video.samplers import uniform_indices
 
 if TYPE_CHECKING:
     from narrastream.video.segments import SegmentedVideo
-
-
-def encode_jpeg(frame: np.ndarray, *, quality: int = 95, max_side: int | None = None) -> ImagePart:
-    """One RGB uint8 frame as a JPEG; downscaled (aspect kept) when its longer side exceeds ``max_side``."""
-    image = Image.fromarray(np.ascontiguousarray(frame))
-    if max_side and max(image.size) > max_side:
-        scale = max_side / max(image.size)
-        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                             Image.Resampling.BICUBIC)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=int(quality))
-    return ImagePart(buffer.getvalue())
 
 
 def key_frames(video: "SegmentedVideo", ctx: MetricContext, *, per_segment: int) -> list[list[ImagePart]]:
