@@ -8,8 +8,14 @@ one video after one warm-up video; reported: seconds per block (the loop without
 seconds per video (end to end), pixel frames per second, the profiler's split (core DiT, method
 overhead, output decode) and peak memory (CUDA peak allocated on a GPU, process peak RSS on a CPU).
 
+The ``iamflow+verify-sync`` / ``iamflow+verify-async`` rows add the visual verifier, answered by a local
+chat-completions server (the stand-in responder) that takes ``--verifier-latency-ms`` per request, the
+time a VLM would: they show what waiting for the verifier costs when it sits on the critical path (the
+release's shipped ``sync`` mode) and when it runs on a worker while the DiT goes on (``async``, lag 1).
+
     python benchmarks/generation.py --device cuda                       # full size: 6 x 10 s, 832x480, 16 fps
     python benchmarks/generation.py --layers 4 --height 128 --width 128 --seconds-per-segment 0.75  # CPU
+    python benchmarks/generation.py --methods iamflow,iamflow+verify-sync,iamflow+verify-async --verifier-latency-ms 300
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import dataclasses
 import json
 import platform
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +40,7 @@ from narrastream.streaming.vae import StreamingWanDecoder
 from narrastream.streaming.wan_model import CausalWanTransformer, WanConfig
 
 METHODS = ("self_forcing", "longlive", "memflow", "iamflow_backbone", "iamflow")
+VERIFIED = {"iamflow+verify-sync": "sync", "iamflow+verify-async": "async"}  # iamflow with its visual verifier
 CHARACTERS = ("Noah", "Mina", "Kai")  # the iamflow row: two of them per prompt, named in the prompt text
 
 
@@ -73,8 +81,21 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=832)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--precisions", default="bf16,fp8")
+    parser.add_argument("--verifier-latency-ms", type=float, default=300.0,
+                        help="emulated VLM time per verifier request (the iamflow+verify-* rows)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    stack = ExitStack()
+    verifier_url = None
+    if any(m in VERIFIED for m in args.methods.split(",")):
+        from narrastream.judges.server import ChatCompletionsServer
+        from narrastream.judges.testing import protocol_responder
+
+        def slow(body: dict[str, Any]) -> str:
+            time.sleep(args.verifier_latency_ms / 1000)
+            return protocol_responder(body)
+
+        verifier_url = stack.enter_context(ChatCompletionsServer(slow, model="stand-in")).base_url
     device = torch.device(args.device)
     dit, decoder = build(args, device)
     text = RandomTextFeatures(dit.cfg.text_dim, dit.cfg.text_len, device, torch.bfloat16)
@@ -86,13 +107,24 @@ def main() -> None:
         if precision == "fp8":
             quantize_model(dit)  # the 240 attention linears (fewer with --layers), as IAMFlow's checkpoint
         for method in args.methods.split(","):
-            spec = StreamingSpec.from_config(compose_config([f"model={method}"])["model"]["params"])
+            config = "iamflow" if method in VERIFIED else method
+            spec = StreamingSpec.from_config(compose_config([f"model={config}"])["model"]["params"])
             pipeline = StreamingWanPipeline(dit, text, decoder, spec)
+            verifiers: list[Any] = []
 
             def agent() -> IdentityAgent | None:  # IAMFlow's agent: a fresh one per video
                 if spec.memory != "identity":
                     return None
-                return IdentityAgent(prompts, [[ExtractedEntity(a, ()), ExtractedEntity(b, ())] for a, b in pairs])
+                verifier = None
+                if method in VERIFIED:
+                    from narrastream.iamflow.verifier import VisualVerifier
+                    from narrastream.judges.openai_backend import OpenAIJudge
+
+                    verifier = VisualVerifier(OpenAIJudge("stand-in-vlm", base_url=verifier_url, max_retries=0),
+                                              mode=VERIFIED[method])
+                    verifiers.append(verifier)
+                return IdentityAgent(prompts, [[ExtractedEntity(a, ()), ExtractedEntity(b, ())] for a, b in pairs],
+                                     verifier=verifier)
 
             pipeline.generate(prompts, seed=0, memory_agent=agent(), **geometry)  # warm-up (allocator, kernels)
             if device.type == "cuda":
@@ -104,6 +136,12 @@ def main() -> None:
                    "seconds_per_video": t["end_to_end"], "pixel_fps": t["pixel_fps"], "core_dit": t["core_dit"],
                    "method_overhead": t["method_overhead"], "output_decode": t["output_decode"],
                    "peak_memory_gib": result.peak_memory_bytes / 2**30}
+            if verifiers:
+                stats = verifiers[-1].stats()
+                row.update(verifier_ok=stats["ok"], verifier_blocks=stats["blocks"], verifier_blocked_s=stats["blocked_s"],
+                           verifier_latency_ms=args.verifier_latency_ms)
+                for verifier in verifiers:
+                    verifier.close()
             rows.append(row)
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     speed = {(r["method"], r["precision"]): r["seconds_per_video"] for r in rows}
@@ -111,6 +149,7 @@ def main() -> None:
         if ("iamflow", precision) in speed and ("longlive", precision) in speed:
             print(f"{precision}: iamflow is {speed[('longlive', precision)] / speed[('iamflow', precision)]:.2f}x "
                   "the speed of longlive (seconds per video, same run)")
+    stack.close()
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
               "torch": torch.__version__, "layers": args.layers, "geometry": geometry, "prompts": args.prompts,
               "time": time.strftime("%Y-%m-%d %H:%M"), "rows": rows}

@@ -10,8 +10,10 @@ one with a host copy of its K/V, updates the ID memory (§3.6) and re-injects wh
 With a visual verifier (:mod:`~narrastream.iamflow.verifier`) each block's frames also go to the VLM
 and the frame is chosen by the fused score 0.7 * minmax(semantic) + 0.3 * visual (§3.5 step 5). In
 ``async`` mode the choice for block b is made ``lag_blocks`` blocks later (default 1), so the VLM runs
-while the DiT denoises the next block; every pending choice is settled before a prompt switch and at the
-end of the video. The first block's verdict of each prompt may carry attribute corrections, which
+while the DiT denoises the next block, also across a prompt switch (the soft transition keeps the cached
+K/V; a ``kv_recache`` switch rewrites them, so pending choices are settled before it); the rest are
+settled at the end of the video. A choice settled after its prompt ended is archived (retrieval at later
+prompts can use it) but does not enter the ID memory, which already serves the next prompt. The first block's verdict of each prompt may carry attribute corrections, which
 replace the registry's attributes of those IDs (§3.10; as released, they change the registry only).
 
 Departures (docs/iamflow.md): candidates are the just-committed blocks (the release's archival path;
@@ -142,7 +144,6 @@ class IdentityAgent:
 
     # MemoryAgent ---------------------------------------------------------------------------------
     def on_prompt_start(self, state: Any) -> None:
-        self._settle(state)  # normally done by before_switch already
         p = state.prompt_index
         self.prompt_ids = self.registry.register(p, self.entities[p])
         self.chunk = 0
@@ -153,8 +154,9 @@ class IdentityAgent:
         self._inject(state, frames)
 
     def before_switch(self, state: Any) -> None:
-        """Settle pending choices while their frames are still in the cache and before retrieval."""
-        self._settle(state)
+        """A re-cache switch rewrites the cached K/V: settle pending choices while they are intact."""
+        if getattr(state, "transition", "soft") == "kv_recache":
+            self._settle(state)
 
     def on_video_end(self, state: Any) -> None:
         self._settle(state)
@@ -222,9 +224,10 @@ class IdentityAgent:
                              prompt_index=candidate.prompt_index, entity_ids=candidate.entity_ids,
                              score=float(fused[best]), entity_score=float(candidate.semantic[best]), key=frame_id,
                              visual_score=None if visual is None else float(visual[best]))
-        for evicted in self.memory.offer(record):
+        current = candidate.prompt_index == state.prompt_index  # an earlier prompt's choice is archived only
+        for evicted in self.memory.offer(record, update_memory=current):
             self.kv.pop(evicted.frame_id, None)
-        if candidate.prompt_index == state.prompt_index:  # a settled choice of an earlier prompt is archived only
+        if current:
             self._inject(state, self.memory.injected())
 
     def _apply_corrections(self, corrections: dict[int, list[str]]) -> dict[str, list[str]]:

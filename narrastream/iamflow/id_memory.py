@@ -209,10 +209,17 @@ class IdentityMemory:
         return self.injected()
 
     # -- per chunk (§3.6) -------------------------------------------------------------------------
-    def offer(self, record: FrameRecord) -> list[FrameRecord]:
-        """Archive a chunk's chosen frame and update the ID memory; returns evicted archive records."""
+    def offer(self, record: FrameRecord, update_memory: bool = True) -> list[FrameRecord]:
+        """Archive a chunk's chosen frame and update the ID memory; returns evicted archive records.
+
+        ``update_memory=False`` archives only (a choice settled after its prompt ended, when the ID memory
+        already serves the next prompt)."""
         self.archive.add(record)
         fid = record.frame_id
+        if not update_memory:
+            evicted = self.archive.enforce_bound(protected=self.id_memory)
+            self.trace.record(record.prompt_index, "archive", [fid])
+            return evicted
         if fid not in self.id_memory:  # fix: never hold the same frame twice
             if len(self.id_memory) < self.capacity:
                 self.id_memory.append(fid)

@@ -45,7 +45,7 @@ class EntityExtraction(BaseModel):
         """The release also takes a bare list of characters or one character object."""
         if isinstance(obj, list):
             return {"entities": obj}
-        if isinstance(obj, dict) and "entity" in obj and "entities" not in obj:
+        if isinstance(obj, dict) and "entities" not in obj and ("entity" in obj or "name" in obj):
             return {"entities": [obj]}
         return obj
 
@@ -101,6 +101,8 @@ class ChunkVerdict(BaseModel):
             raise ValueError("scores must be a non-empty list of numbers in [0, 1]")
         out = []
         for v in value:
+            if isinstance(v, bool):
+                raise ValueError("scores must be numbers, not booleans")
             try:
                 v = float(v)
             except (TypeError, ValueError):
@@ -124,7 +126,9 @@ class ChunkVerdict(BaseModel):
             except ValueError:
                 continue
             if isinstance(attrs, list) and all(isinstance(a, str) for a in attrs):
-                out[key] = [" ".join(a.split()) for a in attrs if a.strip()]
+                kept = [" ".join(a.split()) for a in attrs if a.strip()]
+                if kept:  # an empty list corrects nothing; it would only erase what the registry knows
+                    out[key] = kept
         return out
 
     def padded(self, count: int) -> list[float]:

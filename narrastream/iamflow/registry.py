@@ -210,6 +210,8 @@ class EntityRegistry:
             if self._disambiguate is None:
                 return self._new_id(), "ambiguous-new"
             pool = cands if cands else [g for g in snapshot if g not in taken]
+            if not pool:  # every known ID is already someone else in this prompt: nothing to ask
+                return self._new_id(), "new"
             chosen = self._disambiguate(ent, [self._entries[g] for g in pool])
             if chosen is not None and chosen in pool:
                 return int(chosen), "disambiguated"

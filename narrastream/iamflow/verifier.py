@@ -9,8 +9,9 @@ Two modes:
 
 * ``async`` (the paper's design; default): :meth:`submit` queues the request on one worker thread and
   returns at once; :meth:`result` waits at most ``timeout_s`` for it. A late answer is discarded, never
-  applied out of order. At most ``max_pending`` requests wait in the queue; beyond that a block is not
-  verified (``skipped``) rather than letting the backlog grow without bound.
+  applied out of order. At most ``max_pending`` requests are unanswered at once (the running one
+  included); beyond that a block is not verified (``skipped``) rather than letting the backlog grow
+  without bound.
 * ``sync`` (the release's shipped config, ``async_vae_enabled: false``): :meth:`submit` asks the VLM in
   the calling thread, on the DiT's critical path.
 
@@ -87,8 +88,10 @@ class VisualVerifier:
         ``count``: how many candidate frames the block has (default: all of ``frames``)."""
         images = self.images(pixels, count)
         count = len(images)
-        if self._pool is None:
-            self._done[key] = self._ask(key, images, prompt, names, registry, count)
+        if self._pool is None:  # sync: the generator waits for the whole request
+            verdict = self._ask(key, images, prompt, names, registry, count)
+            verdict.waited_s = verdict.latency_s
+            self._done[key] = verdict
             return
         with self._lock:
             pending = sum(1 for f in self._futures.values() if not f.done())

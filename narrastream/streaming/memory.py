@@ -36,6 +36,7 @@ class StreamState:
     prompts: list[str]
     prompt_index: int = 0
     block_pixels: "torch.Tensor | None" = None  # the last block's decoded frames, [1, 3, T, H, W] in [-1, 1]
+    transition: str = "soft"  # the transition policy: kv_recache rewrites the cached K/V at a switch
 
 
 class MemoryAgent(Protocol):

@@ -143,7 +143,7 @@ class StreamingWanPipeline:
             memory = build_memory(spec.memory, bank_size=spec.bank_size, record_interval=spec.record_interval,
                                   agent=memory_agent or self.memory_agent)
             bank = dit.new_memory_bank(memory.bank_size, 1, lat_h, lat_w) if memory.bank_size else None
-            state = StreamState(cache=cache, bank=bank, prompts=list(prompts))
+            state = StreamState(cache=cache, bank=bank, prompts=list(prompts), transition=spec.transition)
             generator = torch.Generator(device="cpu").manual_seed(int(seed))
             sampler = FewStepSampler(generator, self.timesteps)
             self.decoder.reset()
