@@ -53,6 +53,7 @@ def input_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input or setup: reported in one line, exit code 2, no traceback."""
     from omegaconf.errors import MissingMandatoryValue
 
+    from narrastream.adapters.base import AdapterConfigError
     from narrastream.adapters.precomputed import PrecomputedVideosError
     from narrastream.data import DataSourceError, ScriptFileError
     from narrastream.judges.base import JudgeConfigError
@@ -62,7 +63,7 @@ def input_errors() -> tuple[type[BaseException], ...]:
     from narrastream.results.rundir import RunDirError
 
     return (ScriptFileError, DataSourceError, PrecomputedVideosError, WeightsNotFoundError, ChecksumError,
-            RegistryError, RunDirError, MissingMandatoryValue, AnnotationsError, JudgeConfigError)
+            RegistryError, RunDirError, MissingMandatoryValue, AnnotationsError, JudgeConfigError, AdapterConfigError)
 
 
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")

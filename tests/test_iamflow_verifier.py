@@ -726,3 +726,34 @@ def test_async_lag_settles_before_a_kv_recache_switch(tiny):
     events = agent.to_json()["memory_trace"]["events"]
     assert any(e["event"] == "update" and e["prompt"] == 0 and late in e["frames"] for e in events)
     assert not any(e["event"] == "archive" for e in events)
+
+
+# ----------------------------------------------------------------------------- adapter settings
+def _iamflow_generator(*overrides: str):
+    from narrastream.adapters.streaming_wan import StreamingWanGenerator
+    from narrastream.config import compose_config
+
+    params = compose_config(["model=iamflow", "preset=tiny", *overrides])["model"]["params"]
+    return StreamingWanGenerator(**params)
+
+
+def test_lag_beyond_the_cache_is_refused_at_start():
+    # full-size blocks of 3 latent frames in the 9 local frames of the cache: a choice may wait 2 blocks at most
+    assert _iamflow_generator("generation.latent_block_frames=3", "model.params.iam.verifier.enabled=true",
+                              "model.params.iam.verifier.lag_blocks=2")
+    with pytest.raises(ValueError, match=r"lag_blocks=3: must be 0\.\.2"):
+        _iamflow_generator("generation.latent_block_frames=3", "model.params.iam.verifier.enabled=true",
+                           "model.params.iam.verifier.lag_blocks=3")
+    with pytest.raises(ValueError, match="iam.entities='oracle': expected annotations or llm"):
+        _iamflow_generator("model.params.iam.entities=oracle")
+    # sync mode has no lag, and a disabled verifier is not checked
+    assert _iamflow_generator("generation.latent_block_frames=3", "model.params.iam.verifier.lag_blocks=3")
+
+
+def test_iam_judges_need_a_backend_and_a_model():
+    generator = _iamflow_generator("model.params.iam.llm.backend=none")
+    with pytest.raises(ValueError, match=r"model\.params\.iam\.llm: IAMFlow's llm needs a judge config"):
+        generator._iam_judge("llm")
+    generator = _iamflow_generator("model.params.iam.verifier.judge.model=null")
+    with pytest.raises(ValueError, match=r"model\.params\.iam\.verifier\.judge"):
+        generator._iam_judge("verifier")

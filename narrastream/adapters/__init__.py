@@ -7,6 +7,7 @@ Third-party packages register generators through the ``narrastream.generators`` 
 """
 
 from narrastream.adapters.base import (
+    AdapterConfigError,
     Capabilities,
     GeneratedVideo,
     GenerationError,
@@ -35,6 +36,6 @@ def build_generator(name: str, **kwargs) -> Generator:
 
 
 __all__ = [
-    "Capabilities", "GENERATORS", "GeneratedVideo", "GenerationError", "GenerationRequest", "Generator",
+    "AdapterConfigError", "Capabilities", "GENERATORS", "GeneratedVideo", "GenerationError", "GenerationRequest", "Generator",
     "PromptSwitching", "build_generator", "register_generator", "sidecar_path",
 ]

@@ -129,6 +129,10 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+class AdapterConfigError(ValueError):
+    """A ``model.params`` value that cannot work (named in the message): the run stops with exit code 2."""
+
+
 class GenerationError(RuntimeError):
     """A generator could not produce a video for one request; recorded, never swallowed."""
 

@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from narrastream.adapters.base import (
+    AdapterConfigError,
     Capabilities,
     GeneratedVideo,
     GenerationError,
@@ -49,7 +50,7 @@ class StreamingWanGenerator(Generator):
         from narrastream.streaming.pipeline import StreamingSpec
 
         if size not in ("full", "tiny"):
-            raise ValueError(f"model.params.size={size!r}: expected full or tiny")
+            raise AdapterConfigError(f"model.params.size={size!r}: expected full or tiny")
         self.method = method
         self.spec = StreamingSpec.from_config({"cache": dict(cache), "transition": dict(transition),
                                                "memory": dict(memory or {}), "block_frames": block_frames,
@@ -61,6 +62,16 @@ class StreamingWanGenerator(Generator):
                                    else ("cpu" if device == "auto" else device))
         self.architecture = dict(architecture or {})  # WanConfig overrides (default: Wan2.1-T2V-1.3B)
         self.iam = dict(iam or {})  # IAMFlow's identity agents (memory policy "identity")
+        if self.iam.get("entities", "annotations") not in ("annotations", "llm"):
+            raise AdapterConfigError(f"model.params.iam.entities={self.iam.get('entities')!r}: "
+                                     "expected annotations or llm")
+        verifier = dict(self.iam.get("verifier") or {})
+        if verifier.get("enabled") and verifier.get("mode", "async") == "async":
+            lag, most = int(verifier.get("lag_blocks", 1)), self.spec.cache.local_budget // self.spec.block_frames - 1
+            if not 0 <= lag <= most:  # a lagged choice needs its block still in the cache
+                raise AdapterConfigError(
+                    f"model.params.iam.verifier.lag_blocks={lag}: must be 0..{most} (the cache keeps "
+                    f"{self.spec.cache.local_budget} local latent frames, {self.spec.block_frames} per block)")
         self._iam_sources: tuple[Any, Any] | None = None
         self._iam_judges: dict[str, Any] = {}
         self.pipeline = None
@@ -71,6 +82,12 @@ class StreamingWanGenerator(Generator):
         if self.pipeline is not None:
             return
         from narrastream.streaming.pipeline import StreamingWanPipeline
+
+        if self.spec.memory == "identity":  # the agents' judges first: a config error stops before any weight loads
+            if self.iam.get("entities", "annotations") == "llm":
+                self._iam_judge("llm")
+            if (self.iam.get("verifier") or {}).get("enabled", False):
+                self._iam_judge("verifier")
 
         if self.size == "tiny":
             from narrastream.streaming.tiny import build_tiny
@@ -166,15 +183,13 @@ class StreamingWanGenerator(Generator):
         disambiguate = None
         if source == "annotations":
             characters = self._annotated_characters(script)
-        elif source == "llm":
+        else:  # llm (checked in __init__)
             from narrastream.iamflow.entities import EntityExtractionError, extract_script_entities
 
             try:
                 characters, disambiguate = extract_script_entities(self._iam_judge("llm"), script.prompts)
             except EntityExtractionError as exc:
                 raise GenerationError(f"{self.method}: script {script.id}: {exc}") from exc
-        else:
-            raise ValueError(f"model.params.iam.entities={source!r}: expected annotations or llm")
         settings = dict(self.iam.get("verifier") or {})
         verifier = None
         if settings.get("enabled", False):
@@ -213,7 +228,7 @@ class StreamingWanGenerator(Generator):
             cfg = dict(self.iam.get("llm") or {}) if role == "llm" else dict((self.iam.get("verifier") or {}).get("judge") or {})
             key = "model.params.iam." + ("llm" if role == "llm" else "verifier.judge")
             if cfg.get("backend", "none") == "none" or not cfg.get("model"):
-                raise ValueError(f"{key}: IAMFlow's {role} needs a judge config with a backend and a model "
+                raise AdapterConfigError(f"{key}: IAMFlow's {role} needs a judge config with a backend and a model "
                                  "(the keys of eval_configs/judge/*.yaml)")
             if cfg.get("backend") == "local" and cfg.get("device", "auto") == "auto" and role == "verifier" \
                     and torch.cuda.device_count() > 1:
