@@ -20,6 +20,7 @@ starts from bit-identical weights.
 from __future__ import annotations
 
 import difflib
+import importlib
 import logging
 import threading
 import zlib
@@ -115,10 +116,27 @@ class BackboneSpec:
         return resolve_weights(self.weights, path=path, weights_dir=weights_dir, allow_download=allow_download)
 
 
-def _build_dino(arch: str) -> nn.Module:
-    from narrastream.metrics.backbones.dino import build_dino_vit
+def _lazy(module: str, name: str, *bound: Any, **keywords: Any) -> Callable[..., Any]:
+    """``narrastream.metrics.backbones.<module>.<name>(*args, *bound, **keywords)``, imported at the first
+    call, so that naming a backbone never imports the libraries of the others."""
 
-    return build_dino_vit(arch)
+    def call(*args: Any) -> Any:
+        target = getattr(importlib.import_module(f"narrastream.metrics.backbones.{module}"), name)
+        return target(*args, *bound, **keywords)
+
+    call.__name__ = call.__qualname__ = f"{module}.{name}"
+    return call
+
+
+def _wrapped(module: str, name: str) -> Callable[[nn.Module, torch.device, Precision], Backbone]:
+    """The usual wrapper: ``<name>(model.to(device, dtype), device=, dtype=)`` from ``module``."""
+
+    def wrap(model: nn.Module, device: torch.device, precision: Precision) -> Backbone:
+        dtype = _DTYPES[precision]
+        wrapper = getattr(importlib.import_module(f"narrastream.metrics.backbones.{module}"), name)
+        return wrapper(model.to(device, dtype), device=device, dtype=dtype)
+
+    return wrap
 
 
 def _load_dino(path: Path) -> nn.Module:
@@ -134,18 +152,6 @@ def _dino_embedder(model: nn.Module, device: torch.device, precision: Precision)
     return ImageEmbedder(model.to(device, dtype), dino_preprocess, dim=model.embed_dim, device=device, input_dtype=dtype)
 
 
-def _build_clip(arch: str) -> nn.Module:
-    from narrastream.metrics.backbones.clip import build_clip_vit
-
-    return build_clip_vit(arch)
-
-
-def _load_clip(path: Path) -> nn.Module:
-    from narrastream.metrics.backbones.clip import load_clip_checkpoint
-
-    return load_clip_checkpoint(path, precision="fp32", device="cpu")
-
-
 def _clip_embedder(model: nn.Module, device: torch.device, precision: Precision) -> ImageEmbedder:
     from narrastream.metrics.backbones.clip import clip_preprocess, set_clip_precision
 
@@ -155,71 +161,10 @@ def _clip_embedder(model: nn.Module, device: torch.device, precision: Precision)
     )
 
 
-def _build_raft(arch: str) -> nn.Module:
-    from narrastream.metrics.backbones.raft import build_raft
-
-    return build_raft(arch)
-
-
-def _load_raft(path: Path) -> nn.Module:
-    from narrastream.metrics.backbones.raft import load_raft_checkpoint
-
-    return load_raft_checkpoint(path, "large")
-
-
-def _raft_estimator(model: nn.Module, device: torch.device, precision: Precision) -> FlowEstimator:
-    dtype = _DTYPES[precision]
-    return FlowEstimator(model.to(device, dtype), device=device, dtype=dtype)
-
-
-def _build_amt(arch: str) -> nn.Module:
-    from narrastream.metrics.backbones.amt import build_amt
-
-    return build_amt(arch)
-
-
-def _load_amt(path: Path) -> nn.Module:
-    from narrastream.metrics.backbones.amt import load_amt_checkpoint
-
-    return load_amt_checkpoint(path, "s")
-
-
-def _amt_interpolator(model: nn.Module, device: torch.device, precision: Precision) -> Backbone:
-    from narrastream.metrics.backbones.amt import Interpolator
-
-    dtype = _DTYPES[precision]
-    return Interpolator(model.to(device, dtype), device=device, dtype=dtype)
-
-
-def _build_vtss(arch: str) -> nn.Module:
-    from narrastream.metrics.backbones.vtss import build_vtss
-
-    return build_vtss(arch)
-
-
-def _load_vtss(path: Path) -> nn.Module:
-    from narrastream.metrics.backbones.vtss import load_vtss_checkpoint
-
-    return load_vtss_checkpoint(path, "full")
-
-
-def _vtss_scorer(model: nn.Module, device: torch.device, precision: Precision) -> Backbone:
-    from narrastream.metrics.backbones.vtss import QualityScorer
-
-    dtype = _DTYPES[precision]
-    return QualityScorer(model.to(device, dtype), device=device, dtype=dtype)
-
-
 def _build_languagebind(arch: str) -> nn.Module:
     from narrastream.metrics.backbones.languagebind import build_languagebind
 
     return build_languagebind("full" if arch == "video_ft" else arch)
-
-
-def _load_languagebind(path: Path) -> nn.Module:
-    from narrastream.metrics.backbones.languagebind import load_languagebind
-
-    return load_languagebind(path)  # the weights file inside the model directory: config and tokenizer beside it
 
 
 def _languagebind_encoder(model: nn.Module, device: torch.device, precision: Precision) -> Backbone:
@@ -240,7 +185,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         family="dino",
         architectures={"full": "vitb16", "tiny": "tiny"},
         half_on_cuda=False,
-        build=_build_dino,
+        build=_lazy("dino", "build_dino_vit"),
         load=_load_dino,
         embedder=_dino_embedder,
     ),
@@ -249,8 +194,8 @@ BACKBONES: dict[str, BackboneSpec] = {
         family="clip",
         architectures={"full": "vitb32", "tiny": "tiny"},
         half_on_cuda=True,
-        build=_build_clip,
-        load=_load_clip,
+        build=_lazy("clip", "build_clip_vit"),
+        load=_lazy("clip", "load_clip_checkpoint", precision="fp32", device="cpu"),
         embedder=_clip_embedder,
     ),
     "raft_things": BackboneSpec(
@@ -258,27 +203,27 @@ BACKBONES: dict[str, BackboneSpec] = {
         family="raft",
         architectures={"full": "large", "tiny": "tiny"},
         half_on_cuda=False,  # the official evaluator runs RAFT with mixed_precision off
-        build=_build_raft,
-        load=_load_raft,
-        embedder=_raft_estimator,
+        build=_lazy("raft", "build_raft"),
+        load=_lazy("raft", "load_raft_checkpoint", "large"),
+        embedder=_wrapped("raft", "FlowEstimator"),
     ),
     "amt_s": BackboneSpec(
         weights=WEIGHTS["amt_s"],
         family="amt",
         architectures={"full": "s", "tiny": "tiny"},
         half_on_cuda=False,  # the official evaluator runs AMT in fp32
-        build=_build_amt,
-        load=_load_amt,
-        embedder=_amt_interpolator,
+        build=_lazy("amt", "build_amt"),
+        load=_lazy("amt", "load_amt_checkpoint", "s"),
+        embedder=_wrapped("amt", "Interpolator"),
     ),
     "vtss_koala": BackboneSpec(
         weights=WEIGHTS["vtss_koala"],
         family="vtss",
         architectures={"full": "full", "tiny": "tiny"},
         half_on_cuda=False,  # no half precision is documented for VTSS: fp32
-        build=_build_vtss,
-        load=_load_vtss,
-        embedder=_vtss_scorer,
+        build=_lazy("vtss", "build_vtss"),
+        load=_lazy("vtss", "load_vtss_checkpoint", "full"),
+        embedder=_wrapped("vtss", "QualityScorer"),
     ),
     "languagebind_video": BackboneSpec(
         weights=WEIGHTS["languagebind_video"],
@@ -286,7 +231,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         architectures={"full": "video_ft", "tiny": "tiny"},
         half_on_cuda=False,  # the official evaluator runs LanguageBind in fp32
         build=_build_languagebind,
-        load=_load_languagebind,
+        load=_lazy("languagebind", "load_languagebind"),  # the weights file in the model folder
         embedder=_languagebind_encoder,
         resolve=_resolve_languagebind,
     ),
