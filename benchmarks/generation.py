@@ -138,8 +138,8 @@ def main() -> None:
                    "peak_memory_gib": result.peak_memory_bytes / 2**30}
             if verifiers:
                 stats = verifiers[-1].stats()
-                row.update(verifier_ok=stats["ok"], verifier_blocks=stats["blocks"], verifier_blocked_s=stats["blocked_s"],
-                           verifier_latency_ms=args.verifier_latency_ms)
+                row.update(verifier_ok=stats["ok"], verifier_blocks=stats["blocks"],
+                           verifier_blocked_s=stats["blocked_s"], verifier_latency_ms=args.verifier_latency_ms)
                 for verifier in verifiers:
                     verifier.close()
             rows.append(row)

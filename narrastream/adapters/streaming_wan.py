@@ -198,7 +198,8 @@ class StreamingWanGenerator(Generator):
             verifier = VisualVerifier(self._iam_judge("verifier"), mode=str(settings.get("mode", "async")),
                                       timeout_s=float(settings.get("timeout_s", 30.0)),
                                       max_pending=int(settings.get("max_pending", 8)),
-                                      frames=tuple(settings.get("frames", (0, 4, 8))), size=int(settings.get("size", 256)))
+                                      frames=tuple(settings.get("frames", (0, 4, 8))),
+                                      size=int(settings.get("size", 256)))
         return IdentityAgent(script.prompts, characters, capacity=int(self.iam.get("capacity", 4)),
                              min_multi_entity=int(self.iam.get("min_multi_entity", 2)),
                              max_archived_frames=self.iam.get("max_archived_frames", 16),
@@ -225,11 +226,12 @@ class StreamingWanGenerator(Generator):
         if role not in self._iam_judges:
             from narrastream.judges import build_judges
 
-            cfg = dict(self.iam.get("llm") or {}) if role == "llm" else dict((self.iam.get("verifier") or {}).get("judge") or {})
+            section = self.iam.get("llm") if role == "llm" else (self.iam.get("verifier") or {}).get("judge")
+            cfg = dict(section or {})
             key = "model.params.iam." + ("llm" if role == "llm" else "verifier.judge")
             if cfg.get("backend", "none") == "none" or not cfg.get("model"):
-                raise AdapterConfigError(f"{key}: IAMFlow's {role} needs a judge config with a backend and a model "
-                                 "(the keys of eval_configs/judge/*.yaml)")
+                raise AdapterConfigError(f"{key}: IAMFlow's {role} needs a judge config with a backend and a "
+                                         "model (the keys of eval_configs/judge/*.yaml)")
             if cfg.get("backend") == "local" and cfg.get("device", "auto") == "auto" and role == "verifier" \
                     and torch.cuda.device_count() > 1:
                 cfg["device"] = "cuda:1"

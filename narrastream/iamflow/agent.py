@@ -13,8 +13,9 @@ and the frame is chosen by the fused score 0.7 * minmax(semantic) + 0.3 * visual
 while the DiT denoises the next block, also across a prompt switch (the soft transition keeps the cached
 K/V; a ``kv_recache`` switch rewrites them, so pending choices are settled before it); the rest are
 settled at the end of the video. A choice settled after its prompt ended is archived (retrieval at later
-prompts can use it) but does not enter the ID memory, which already serves the next prompt. The first block's verdict of each prompt may carry attribute corrections, which
-replace the registry's attributes of those IDs (§3.10; as released, they change the registry only).
+prompts can use it) but does not enter the ID memory, which already serves the next prompt. The verdict
+on each prompt's first block may carry attribute corrections, which replace the registry's attributes
+of those IDs (§3.10; as released, they change the registry only).
 
 Departures (docs/iamflow.md): candidates are the just-committed blocks (the release's archival path;
 its second, eviction-time scoring of the same inputs only overwrites the same entry); the archive is
@@ -33,7 +34,7 @@ from narrastream.iamflow.id_memory import FrameRecord, IdentityMemory, frame_id_
 from narrastream.iamflow.registry import Disambiguator, EntityRegistry, ExtractedEntity
 
 if TYPE_CHECKING:
-    from narrastream.iamflow.verifier import Verdict, VisualVerifier
+    from narrastream.iamflow.verifier import VisualVerifier
 
 VISUAL_WEIGHT = 0.3  # vlm_score_weight: fused = (1 - w) * minmax(semantic) + w * visual
 UPWEIGHT = 2.5
@@ -215,7 +216,7 @@ class IdentityAgent:
             k, v = state.cache.self_attn.export_frames([candidate.frames[best]])
         except KeyError as exc:  # the frame left the cache before the decision (lag too long)
             decision["archived"] = False
-            decision["reason"] = f"not archived: {exc}"
+            decision["archive_problem"] = str(exc)
             self.decisions.append(decision)
             return
         self.decisions.append(decision)

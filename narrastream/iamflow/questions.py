@@ -189,8 +189,9 @@ def match_identity(judge: Judge, entity: ExtractedEntity, candidates: Sequence[R
 
 def verify_messages(prompt: str, names: Sequence[str], images: Sequence[ImagePart],
                     registry: Mapping[int, tuple[str, Sequence[str]]] | None) -> list[Message]:
-    """The verifier's request: the block's frames (3 for a full-size block), the prompt, the character names and, on a prompt's first block,
-    the registry (``{id: (name, attributes)}``) with the request for corrections."""
+    """The verifier's request: the block's frames (3 for a full-size block), the prompt, the character
+    names and, on a prompt's first block, the registry (``{id: (name, attributes)}``) with the request
+    for corrections."""
     block = ""
     corrections = "null"
     if registry:
