@@ -223,3 +223,83 @@ def test_judge_local_preset_builds_one_in_process_judge(tiny_vlm_dir, jpeg, tmp_
     with pytest.raises(JudgeAnswerError):
         ask_vlm_score(judges.vlm, ["a prompt"], [[ImagePart(jpeg)]])
     assert judges.stats()["failures"] == 1
+
+
+# ----------------------------------------------------------------------------- text-only LLM (IAMFlow's extractor)
+def _build_tiny_qwen3(directory: Path) -> Path:
+    """A 1-layer random Qwen3 causal LM with the same kind of tokenizer and a chat template."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=SPECIAL_TOKENS[:3], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(["user assistant system: Mira walks in a red coat", '{"entities": []}'], trainer)
+    template = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+                "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+                "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                        chat_template=template)
+    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(config).eval()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_dir(tmp_path_factory) -> Path:
+    return _build_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3"))
+
+
+def test_local_backend_picks_a_text_llm_by_its_config(tiny_llm_dir, tiny_vlm_dir, jpeg):
+    from narrastream.judges import JudgeConfigError, build_judges
+    from narrastream.judges.local import LocalLLMJudge, LocalVLMJudge
+
+    llm = build_judges({"backend": "local", "model": str(tiny_llm_dir), "device": "cpu", "cache": False,
+                        "max_tokens": 8}).planner
+    assert isinstance(llm, LocalLLMJudge) and llm.vision is False
+    question = [Message.system("List the people."), Message.user("Mira walks in a red coat")]
+    first = llm.complete(question)
+    assert isinstance(first, str) and llm.complete(question) == first  # greedy: the same answer twice
+    with pytest.raises(JudgeConfigError, match="text-only"):
+        llm.complete([Message.user(ImagePart(jpeg), "what is this?")])
+    vlm = build_judges({"backend": "local", "model": str(tiny_vlm_dir), "device": "cpu", "cache": False}).vlm
+    assert isinstance(vlm, LocalVLMJudge) and vlm.vision is True
+    for judge in (llm, vlm):
+        judge.close()
+
+
+def test_a_text_llm_extracts_or_fails_honestly(tiny_llm_dir):
+    """Random weights answer noise: the extraction is re-asked, then fails naming the prompt."""
+    from narrastream.iamflow.entities import EntityExtractionError, extract_script_entities
+    from narrastream.judges import build_judges
+
+    llm = build_judges({"backend": "local", "model": str(tiny_llm_dir), "device": "cpu", "cache": False,
+                        "max_tokens": 8, "reask": 1}).planner
+    with pytest.raises(EntityExtractionError, match="prompt 1: entity extraction failed"):
+        extract_script_entities(llm, ["Mira walks in a red coat", "Mira sits"])
+    assert llm.stats.requests == 2 and llm.stats.reasks == 1
+    llm.close()
+
+
+def test_the_verifier_refuses_a_text_only_model(tiny_llm_dir):
+    from narrastream.adapters.base import AdapterConfigError
+    from narrastream.adapters.streaming_wan import StreamingWanGenerator
+    from narrastream.config import compose_config
+
+    params = compose_config(["model=iamflow", "preset=tiny", "model.params.iam.verifier.enabled=true",
+                             "model.params.iam.verifier.judge.backend=local",
+                             f"model.params.iam.verifier.judge.model={tiny_llm_dir}",
+                             "+model.params.iam.verifier.judge.device=cpu"])["model"]["params"]
+    generator = StreamingWanGenerator(**params)
+    with pytest.raises(AdapterConfigError, match="text-only model cannot verify frames"):
+        generator.prepare([])

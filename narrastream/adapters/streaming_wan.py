@@ -236,7 +236,11 @@ class StreamingWanGenerator(Generator):
                     and torch.cuda.device_count() > 1:
                 cfg["device"] = "cuda:1"
             judges = build_judges(cfg)
-            self._iam_judges[role] = judges.vlm if role == "verifier" else judges.planner
+            judge = judges.vlm if role == "verifier" else judges.planner
+            if role == "verifier" and not judge.vision:
+                raise AdapterConfigError(f"{key}.model={cfg['model']}: a text-only model cannot verify frames; "
+                                         "the verifier needs a vision-language model (Qwen3-VL class)")
+            self._iam_judges[role] = judge
         return self._iam_judges[role]
 
     def close(self) -> None:

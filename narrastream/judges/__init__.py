@@ -90,10 +90,10 @@ def build_judges(cfg: Mapping[str, Any] | None, cache_dir: Path | None = None) -
             planner_model, extra_body=_plain(cfg.get("planner_extra_body")), **transport, **common)
         return JudgeSet(planner=planner, vlm=vlm)
     if backend == "local":
-        from narrastream.judges.local import LocalVLMJudge
+        from narrastream.judges.local import load_local_judge
 
         try:
-            vlm = LocalVLMJudge(model, device=str(cfg.get("device", "auto")), dtype=str(cfg.get("dtype", "auto")),
+            vlm = load_local_judge(model, device=str(cfg.get("device", "auto")), dtype=str(cfg.get("dtype", "auto")),
                                 local_files_only=bool(cfg.get("local_files_only", True)), **common)
         except ValueError as exc:
             raise JudgeConfigError(str(exc)) from exc

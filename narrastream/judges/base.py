@@ -145,6 +145,8 @@ class Judge(ABC):
     """
 
     backend: str = ""
+    #: whether the model can be asked about images (a text-only local LLM cannot)
+    vision: bool = True
 
     def __init__(self, model: str, *, cache: Any = None, concurrency: int = 4, reask: int = 2,
                  max_tokens: int = 256, temperature: float = 0.0, endpoint: str = "", use_cache: bool = True,

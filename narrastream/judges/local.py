@@ -1,4 +1,6 @@
-"""A judge that runs a vision-language model in this process with ``transformers``.
+"""Judges that run a model in this process with ``transformers``: a vision-language model
+(:class:`LocalVLMJudge`) or a text-only chat model (:class:`LocalLLMJudge`, e.g. IAMFlow's entity
+extractor); :func:`load_local_judge` picks by the checkpoint's config.
 
 Backs ``narrastream serve-judge`` (one model loaded once, served to many evaluation shards) and lets
 a machine with a GPU judge without any server. Any checkpoint that ``AutoProcessor`` and
@@ -15,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from narrastream.judges.base import ImagePart, Judge, Message
+from narrastream.judges.base import ImagePart, Judge, JudgeConfigError, Message
 
 if TYPE_CHECKING:
     import torch
@@ -25,6 +27,8 @@ log = logging.getLogger(__name__)
 EXPECTED = ("a folder (or a Hugging Face hub id already in the local cache) with a chat-capable "
             "image-text-to-text checkpoint: config.json, model weights (*.safetensors), tokenizer and "
             "processor files with a chat template, e.g. a save_pretrained / snapshot of Qwen2.5-VL-7B-Instruct")
+EXPECTED_LLM = ("a folder (or a Hugging Face hub id already in the local cache) with a causal language model and a "
+                "tokenizer with a chat template, e.g. a snapshot of Qwen3-4B-Instruct-2507")
 
 
 def _looks_like_path(model_path: str) -> bool:
@@ -56,13 +60,8 @@ def resolve_dtype(dtype: "str | torch.dtype", device: str) -> "torch.dtype":
     return value
 
 
-class LocalVLMJudge(Judge):
-    """A ``transformers`` vision-language model as a judge (greedy decoding, one request at a time).
-
-    ``model_path`` is a folder or a hub id resolved from the local Hugging Face cache (nothing is
-    downloaded while ``local_files_only``). ``device`` and ``dtype`` accept ``auto``. Other keyword
-    arguments go to :class:`Judge` (``model`` defaults to ``model_path``).
-    """
+class _LocalModelJudge(Judge):
+    """What the local backends share: a folder or cached hub id, device and dtype, one request at a time."""
 
     backend = "local"
 
@@ -75,12 +74,40 @@ class LocalVLMJudge(Judge):
         _check_source(model_path)  # a missing folder fails fast, before torch is imported
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.processor, self.vlm = _load(model_path, dtype=self.dtype, local_files_only=local_files_only,
-                                         trust_remote_code=trust_remote_code)
-        self.vlm = self.vlm.to(self.device).eval()
+        self._load(model_path, local_files_only=local_files_only, trust_remote_code=trust_remote_code)
         # one model, many server threads: generation (and the Rust tokenizer) are not re-entrant
         self._lock = threading.Lock()
         log.info("judge %s loaded on %s (%s)", model_path, self.device, str(self.dtype).replace("torch.", ""))
+
+    def _load(self, model_path: str, *, local_files_only: bool, trust_remote_code: bool) -> None:
+        raise NotImplementedError
+
+    def identity(self) -> dict[str, Any]:
+        return {**super().identity(), "device": self.device, "dtype": str(self.dtype).replace("torch.", "")}
+
+    def close(self) -> None:
+        """Drop the model so its (GPU) memory can be reclaimed."""
+        self.vlm = None
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
+
+class LocalVLMJudge(_LocalModelJudge):
+    """A ``transformers`` vision-language model as a judge (greedy decoding, one request at a time).
+
+    ``model_path`` is a folder or a hub id resolved from the local Hugging Face cache (nothing is
+    downloaded while ``local_files_only``). ``device`` and ``dtype`` accept ``auto``. Other keyword
+    arguments go to :class:`Judge` (``model`` defaults to ``model_path``).
+    """
+
+    vision = True
+
+    def _load(self, model_path: str, *, local_files_only: bool, trust_remote_code: bool) -> None:
+        self.processor, self.vlm = _load(model_path, dtype=self.dtype, local_files_only=local_files_only,
+                                         trust_remote_code=trust_remote_code)
+        self.vlm = self.vlm.to(self.device).eval()
 
     def _complete(self, messages: Sequence[Message], *, json_mode: bool, max_tokens: int) -> str:
         # json_mode is only a hint; the prompts ask for JSON and Judge.structured validates the answer
@@ -97,16 +124,63 @@ class LocalVLMJudge(Judge):
             new_tokens = output[0, prompt_length:]
             return self.processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
 
-    def identity(self) -> dict[str, Any]:
-        return {**super().identity(), "device": self.device, "dtype": str(self.dtype).replace("torch.", "")}
 
-    def close(self) -> None:
-        """Drop the model so its (GPU) memory can be reclaimed."""
-        self.vlm = None
-        if self.device.startswith("cuda"):
-            import torch
+class LocalLLMJudge(_LocalModelJudge):
+    """A text-only ``transformers`` chat model (``AutoModelForCausalLM``), e.g. Qwen3-4B-Instruct-2507, the
+    entity extractor IAMFlow's release uses. Greedy decoding, thinking disabled in the chat template (as
+    the release); it cannot take images."""
 
-            torch.cuda.empty_cache()
+    vision = False
+
+    def _load(self, model_path: str, *, local_files_only: bool, trust_remote_code: bool) -> None:
+        from narrastream._compat import ensure_torchvision
+
+        ensure_torchvision()
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        source = _check_source(model_path)
+        where = "" if Path(source).is_dir() or not local_files_only else \
+            " (not in the local Hugging Face cache; nothing is downloaded)"
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only,
+                                                           trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=self.dtype, local_files_only=local_files_only,
+                                                         trust_remote_code=trust_remote_code)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ValueError(f"judge model {model_path}: cannot load{where}: {exc}\nExpected {EXPECTED_LLM}") from exc
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"judge model {model_path}: the tokenizer has no chat template; expected {EXPECTED_LLM}")
+        self.vlm = model.to(self.device).eval()
+
+    def _complete(self, messages: Sequence[Message], *, json_mode: bool, max_tokens: int) -> str:
+        import torch
+
+        if any(m.images() for m in messages):
+            raise JudgeConfigError(f"judge model {self.model_path} is text-only: it cannot be asked about images")
+        chat = [{"role": m.role, "content": m.text()} for m in messages]
+        with self._lock:
+            inputs = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True,
+                                                        return_dict=True, return_tensors="pt", enable_thinking=False)
+            inputs = inputs.to(self.device)
+            prompt_length = inputs["input_ids"].shape[1]
+            with torch.inference_mode():
+                output = self.vlm.generate(**inputs, do_sample=False, max_new_tokens=int(max_tokens))
+            return self.tokenizer.decode(output[0, prompt_length:], skip_special_tokens=True)
+
+
+def load_local_judge(model_path: str, **kwargs: Any) -> _LocalModelJudge:
+    """The local judge for a checkpoint: a vision-language model when its config has a vision part
+    (Qwen2/2.5/3-VL), else a text-only chat model (Qwen3-4B-Instruct)."""
+    source = _check_source(str(model_path))
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source, local_files_only=bool(kwargs.get("local_files_only", True)),
+                                            trust_remote_code=bool(kwargs.get("trust_remote_code", False)))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"judge model {model_path}: cannot read its config: {exc}\nExpected {EXPECTED}") from exc
+    vision = getattr(config, "vision_config", None) is not None
+    return (LocalVLMJudge if vision else LocalLLMJudge)(str(model_path), **kwargs)
 
 
 def to_chat(messages: Sequence[Message]) -> list[dict[str, Any]]:

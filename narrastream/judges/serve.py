@@ -36,10 +36,11 @@ def make_responder(judge: Judge) -> Responder:
 
 
 def serve_judge(model_path: str, host: str, port: int, **kwargs: Any) -> None:
-    """Load ``model_path`` as a :class:`LocalVLMJudge` (``kwargs`` go to it) and serve it until interrupted."""
-    from narrastream.judges.local import LocalVLMJudge
+    """Load ``model_path`` as a local judge (a VLM, or a text-only chat LLM such as IAMFlow's entity extractor;
+    ``kwargs`` go to it) and serve it until interrupted."""
+    from narrastream.judges.local import load_local_judge
 
-    judge = LocalVLMJudge(model_path, **kwargs)
+    judge = load_local_judge(model_path, **kwargs)
     server = ChatCompletionsServer(make_responder(judge), model=judge.model, host=host, port=port)
     log.info("serving judge %s at %s (model name %r); Ctrl-C stops", model_path, server.base_url, judge.model)
     try:
