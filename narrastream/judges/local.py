@@ -74,6 +74,10 @@ class _LocalModelJudge(Judge):
         _check_source(model_path)  # a missing folder fails fast, before torch is imported
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        # CUDA torchvision wheels beside a CPU torch fail at import; transformers' model code imports torchvision
+        from narrastream._compat import ensure_torchvision
+
+        ensure_torchvision()
         self._load(model_path, local_files_only=local_files_only, trust_remote_code=trust_remote_code)
         # one model, many server threads: generation (and the Rust tokenizer) are not re-entrant
         self._lock = threading.Lock()
@@ -105,8 +109,13 @@ class LocalVLMJudge(_LocalModelJudge):
     vision = True
 
     def _load(self, model_path: str, *, local_files_only: bool, trust_remote_code: bool) -> None:
-        self.processor, self.vlm = _load(model_path, dtype=self.dtype, local_files_only=local_files_only,
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.processor, self.vlm = _load(model_path, AutoProcessor, AutoModelForImageTextToText, "processor", EXPECTED,
+                                         dtype=self.dtype, local_files_only=local_files_only,
                                          trust_remote_code=trust_remote_code)
+        if not hasattr(self.processor, "tokenizer"):
+            raise ValueError(f"judge model {model_path}: the processor has no tokenizer; expected {EXPECTED}")
         self.vlm = self.vlm.to(self.device).eval()
 
     def _complete(self, messages: Sequence[Message], *, json_mode: bool, max_tokens: int) -> str:
@@ -133,23 +142,11 @@ class LocalLLMJudge(_LocalModelJudge):
     vision = False
 
     def _load(self, model_path: str, *, local_files_only: bool, trust_remote_code: bool) -> None:
-        from narrastream._compat import ensure_torchvision
-
-        ensure_torchvision()
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        source = _check_source(model_path)
-        where = "" if Path(source).is_dir() or not local_files_only else \
-            " (not in the local Hugging Face cache; nothing is downloaded)"
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only,
-                                                           trust_remote_code=trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=self.dtype, local_files_only=local_files_only,
-                                                         trust_remote_code=trust_remote_code)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ValueError(f"judge model {model_path}: cannot load{where}: {exc}\nExpected {EXPECTED_LLM}") from exc
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError(f"judge model {model_path}: the tokenizer has no chat template; expected {EXPECTED_LLM}")
+        self.tokenizer, model = _load(model_path, AutoTokenizer, AutoModelForCausalLM, "tokenizer", EXPECTED_LLM,
+                                      dtype=self.dtype, local_files_only=local_files_only,
+                                      trust_remote_code=trust_remote_code)
         self.vlm = model.to(self.device).eval()
 
     def _complete(self, messages: Sequence[Message], *, json_mode: bool, max_tokens: int) -> str:
@@ -218,26 +215,20 @@ def _check_source(model_path: str) -> str:
     return model_path  # a hub id: resolved from the local cache
 
 
-def _load(model_path: str, *, dtype: "torch.dtype", local_files_only: bool,
-          trust_remote_code: bool) -> tuple[Any, Any]:
-    """Processor and model, or a ValueError naming the path and what a checkpoint needs."""
+def _load(model_path: str, text_class: Any, model_class: Any, text_part: str, expected: str, *,
+          dtype: "torch.dtype", local_files_only: bool, trust_remote_code: bool) -> tuple[Any, Any]:
+    """``text_class`` (a processor or tokenizer, with a chat template) and ``model_class`` from a folder or a
+    cached hub id, or a ValueError naming the path and what a checkpoint needs (``expected``)."""
     source = _check_source(model_path)
-    is_folder = Path(source).is_dir()
-
-    # CUDA torchvision wheels beside a CPU torch fail at import; the image processors import torchvision
-    from narrastream._compat import ensure_torchvision
-
-    ensure_torchvision()
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    where = "" if is_folder or not local_files_only else " (not in the local Hugging Face cache; nothing is downloaded)"
+    where = "" if Path(source).is_dir() or not local_files_only else \
+        " (not in the local Hugging Face cache; nothing is downloaded)"
     try:
-        processor = AutoProcessor.from_pretrained(source, local_files_only=local_files_only,
-                                                  trust_remote_code=trust_remote_code)
-        model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, local_files_only=local_files_only,
-                                                            trust_remote_code=trust_remote_code)
+        text = text_class.from_pretrained(source, local_files_only=local_files_only,
+                                          trust_remote_code=trust_remote_code)
+        model = model_class.from_pretrained(source, dtype=dtype, local_files_only=local_files_only,
+                                            trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
-        raise ValueError(f"judge model {model_path}: cannot load{where}: {exc}\nExpected {EXPECTED}") from exc
-    if not getattr(processor, "chat_template", None) or not hasattr(processor, "tokenizer"):
-        raise ValueError(f"judge model {model_path}: the processor has no chat template or tokenizer; expected {EXPECTED}")
-    return processor, model
+        raise ValueError(f"judge model {model_path}: cannot load{where}: {exc}\nExpected {expected}") from exc
+    if not getattr(text, "chat_template", None):
+        raise ValueError(f"judge model {model_path}: the {text_part} has no chat template; expected {expected}")
+    return text, model
