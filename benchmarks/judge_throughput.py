@@ -26,7 +26,7 @@ import numpy as np
 
 from narrastream.config import compose_config
 from narrastream.data import load_benchmark
-from narrastream.harness.session import load_annotations
+from narrastream.protocol.annotations import load_annotations
 from narrastream.judges import build_judges
 from narrastream.judges.server import ChatCompletionsServer
 from narrastream.judges.testing import protocol_responder

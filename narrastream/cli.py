@@ -81,7 +81,7 @@ def _cmd_serve_judge(args: argparse.Namespace) -> int:
 
 def _cmd_annotations_verify(args: argparse.Namespace) -> int:
     from narrastream.data import load_benchmark
-    from narrastream.harness.session import SHIPPED_ANNOTATIONS
+    from narrastream.protocol.annotations import SHIPPED_ANNOTATIONS
     from narrastream.paths import benchmark_data_dir
     from narrastream.protocol.annotation_checks import load_cast, verify
     from narrastream.protocol.annotations import NarrativeAnnotations

@@ -90,7 +90,7 @@ def test_annotated_run_is_ok_and_new_annotations_recompute(tmp_path):
 from pathlib import Path  # noqa: E402
 
 from narrastream.data import load_benchmark  # noqa: E402
-from narrastream.harness.session import SHIPPED_ANNOTATIONS, load_annotations  # noqa: E402
+from narrastream.protocol.annotations import SHIPPED_ANNOTATIONS, load_annotations  # noqa: E402
 from narrastream.paths import benchmark_data_dir  # noqa: E402
 from narrastream.protocol.annotation_checks import load_cast, mentions, verify  # noqa: E402
 from narrastream.protocol.annotations import prompts_sha256  # noqa: E402

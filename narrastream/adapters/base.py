@@ -180,5 +180,13 @@ class Generator(ABC):
     def generate(self, request: GenerationRequest) -> GeneratedVideo:
         """Make one video. See the class docstring for the contract."""
 
+    def identity(self) -> dict[str, Any]:
+        """What makes this generator's videos what they are, for the sidecar and every record.
+
+        E.g. ``{"method": "longlive", "weights": {"dit": "sha256:..."}}``; the harness adds the
+        adapter name. Flags that change what a row means (an oracle input, random weights) belong here.
+        """
+        return {}
+
     def close(self) -> None:
         """Release models, processes or files."""

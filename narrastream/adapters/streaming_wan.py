@@ -209,7 +209,7 @@ class StreamingWanGenerator(Generator):
 
     def _annotated_characters(self, script: Script) -> list[list[Any]]:
         if self._iam_sources is None:  # the annotations file and the cast are read once, not per video
-            from narrastream.harness.session import load_annotations
+            from narrastream.protocol.annotations import load_annotations
             from narrastream.protocol.annotation_checks import load_cast
 
             self._iam_sources = (load_annotations({"path": self.iam.get("annotations_path")}), load_cast())
@@ -290,7 +290,7 @@ def characters_from_annotations(script: Script, annotations: Any = None,
     """Each prompt's human characters (first names of the cast, with their looks) from the frozen
     narrative annotations (loaded when not given), or None when the script is not annotated for these
     prompts."""
-    from narrastream.harness.session import load_annotations
+    from narrastream.protocol.annotations import load_annotations
     from narrastream.iamflow.registry import ExtractedEntity
     from narrastream.protocol.annotation_checks import load_cast
 

@@ -32,8 +32,12 @@ from narrastream.adapters.base import (
 from narrastream.data import Benchmark, Script, load_benchmark
 from narrastream.harness.sharding import shard_items, shard_name
 from narrastream.metrics.base import Metric, MetricContext, MetricResult, build_metric
-from narrastream.paths import benchmark_data_dir
-from narrastream.protocol.annotations import AnnotationsError, NarrativeAnnotations
+from narrastream.protocol.annotations import (  # noqa: F401 - re-exported for older imports
+    SHIPPED_ANNOTATIONS,
+    AnnotationsError,
+    NarrativeAnnotations,
+    load_annotations,
+)
 from narrastream.results.records import Record, RecordStore
 from narrastream.results.rundir import RunDir, environment_info
 
@@ -384,20 +388,6 @@ class Session:
         write_leaderboard(table, csv_path, markdown_path=self.run.leaderboard_path("md"),
                           dimensions=self.protocol["dimensions"])
         return csv_path
-
-
-SHIPPED_ANNOTATIONS = "annotations/narrastream-324.v1.jsonl"
-
-
-def load_annotations(cfg: Mapping[str, Any], mode: str = "frozen") -> NarrativeAnnotations:
-    """Frozen annotations: ``annotations.path`` if set, else the file shipped in ``benchmark_data/``;
-    ``mode: none`` uses none (metrics then fall back, recorded)."""
-    if mode == "none":
-        return NarrativeAnnotations()
-    if mode != "frozen":
-        raise AnnotationsError(f"protocol.annotations={mode!r}: expected frozen, live or none")
-    path = cfg.get("path") or benchmark_data_dir() / SHIPPED_ANNOTATIONS
-    return NarrativeAnnotations.load(path, source=f"frozen:{Path(path).name}")
 
 
 def _timed(fn, *args: Any) -> tuple[MetricResult, float]:

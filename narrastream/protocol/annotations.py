@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from narrastream.hashing import sha256_file
+from narrastream.paths import benchmark_data_dir
 
 MAX_ENTITIES_PER_SEGMENT = 4
 MAX_ATTRIBUTES_PER_ENTITY = 5
@@ -217,3 +218,17 @@ def _jsonable(value: Any) -> Any:
 def annotations_for(items: Iterable[ScriptAnnotations]) -> NarrativeAnnotations:
     """Build an in-memory annotation set (tests, the live LLM path)."""
     return NarrativeAnnotations(scripts={a.script_id: a for a in items}, source="memory")
+
+
+SHIPPED_ANNOTATIONS = "annotations/narrastream-324.v1.jsonl"
+
+
+def load_annotations(cfg: Mapping[str, Any], mode: str = "frozen") -> NarrativeAnnotations:
+    """Frozen annotations: ``annotations.path`` if set, else the file shipped in ``benchmark_data/``;
+    ``mode: none`` uses none (metrics then fall back, recorded)."""
+    if mode == "none":
+        return NarrativeAnnotations()
+    if mode != "frozen":
+        raise AnnotationsError(f"protocol.annotations={mode!r}: expected frozen, live or none")
+    path = cfg.get("path") or benchmark_data_dir() / SHIPPED_ANNOTATIONS
+    return NarrativeAnnotations.load(path, source=f"frozen:{Path(path).name}")
