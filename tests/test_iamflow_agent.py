@@ -37,13 +37,13 @@ def test_semantic_score_by_hand():
 
 
 def test_agent_in_the_pipeline(official_path):
-    from narrastream.adapters.streaming_wan import characters_from_annotations
+    from narrastream.iamflow.prompt_names import prompt_name_entities
     from narrastream.streaming.kv_cache import CachePolicy
     from narrastream.streaming.pipeline import StreamingSpec, StreamingWanPipeline
     from narrastream.streaming.tiny import build_tiny
 
     script = load_benchmark(official_path, ids=[5]).scripts[0]  # look-alikes: Evan, Luca, Milan, Dario
-    characters = characters_from_annotations(script)
+    characters = prompt_name_entities(script.prompts)  # the offline extractor: the prompts' names only
     assert [e.name for e in characters[0]] == ["Evan", "Luca"]
     agent = IdentityAgent(script.prompts, characters, max_archived_frames=5)
     spec = StreamingSpec(cache=CachePolicy.sink(6, 2, sma=True), transition="soft", memory="identity", bank_size=6,

@@ -32,7 +32,7 @@ def free_port() -> int:
 def run(run_dir: Path, url: str, cache: Path, *extra: str) -> subprocess.CompletedProcess:
     args = [sys.executable, "-m", "narrastream.run", "model=iamflow", "preset=tiny", "data.limit=1",
             f"run.dir={run_dir}", "protocol.run_metrics=[subject_consistency,boundary_smoothness]",
-            "model.params.iam.entities=llm", f"model.params.iam.llm.base_url={url}",
+            "model.params.iam.entities=llm", "model.params.iam.llm.backend=openai", f"model.params.iam.llm.base_url={url}",
             "model.params.iam.llm.max_retries=0", "model.params.iam.verifier.enabled=true",
             f"model.params.iam.verifier.judge.base_url={url}", *extra]
     env = {**os.environ, "NARRASTREAM_CACHE": str(cache)}
@@ -48,6 +48,7 @@ def test_iamflow_with_llm_and_verifier(tmp_path):
     iam = sidecar["extra"]["iam"]
     names = [e["name"] for e in iam["registry"]["entities"]]
     assert "Noah" in names  # extracted by the LLM (script 0 follows Noah), not read from the annotations
+    assert iam["entities"] == "llm:Qwen/Qwen3-4B-Instruct-2507"
     assert iam["registry"]["prompt_ids"]["0"] and set(iam["registry"]["prompt_ids"]) == {str(p) for p in range(6)}
     verifier = iam["verifier"]
     assert verifier["mode"] == "async" and verifier["ok"] == verifier["blocks"] == len(iam["decisions"]) > 0

@@ -744,8 +744,8 @@ def test_lag_beyond_the_cache_is_refused_at_start():
     with pytest.raises(ValueError, match=r"lag_blocks=3: must be 0\.\.2"):
         _iamflow_generator("generation.latent_block_frames=3", "model.params.iam.verifier.enabled=true",
                            "model.params.iam.verifier.lag_blocks=3")
-    with pytest.raises(ValueError, match="iam.entities='oracle': expected annotations or llm"):
-        _iamflow_generator("model.params.iam.entities=oracle")
+    with pytest.raises(ValueError, match="iam.entities='annotations': expected one of llm, prompt_names, oracle"):
+        _iamflow_generator("model.params.iam.entities=annotations")  # the old name of the oracle is gone
     # sync mode has no lag, and a disabled verifier is not checked
     assert _iamflow_generator("generation.latent_block_frames=3", "model.params.iam.verifier.lag_blocks=3")
 

@@ -303,3 +303,50 @@ def test_the_verifier_refuses_a_text_only_model(tiny_llm_dir):
     generator = StreamingWanGenerator(**params)
     with pytest.raises(AdapterConfigError, match="text-only model cannot verify frames"):
         generator.prepare([])
+
+
+# ----------------------------------------------------------------------------- IAMFlow's default LLM backend
+def test_iamflow_default_llm_backend_loads_a_folder(tiny_llm_dir, official_path, tmp_path):
+    """``model=iamflow``'s extractor is a transformers model in this process by default (no server): a folder
+    loads at start; its random weights answer noise, so the script fails naming the prompt, nothing guessed."""
+    from narrastream.adapters.base import GenerationError, GenerationRequest
+    from narrastream.adapters.streaming_wan import StreamingWanGenerator
+    from narrastream.config import compose_config
+    from narrastream.data import load_benchmark
+    from narrastream.judges.local import LocalLLMJudge
+
+    params = compose_config(["model=iamflow", "preset=tiny", "model.params.iam.entities=llm",
+                             f"model.params.iam.llm.model={tiny_llm_dir}", "model.params.iam.llm.device=cpu",
+                             "model.params.iam.llm.max_tokens=8", "model.params.iam.llm.reask=0",
+                             "model.params.iam.llm.cache=false"])["model"]["params"]
+    assert params["iam"]["llm"]["backend"] == "local"  # the default, not overridden here
+    generator = StreamingWanGenerator(**params)
+    script = load_benchmark(official_path, ids=[0]).scripts[0]
+    generator.prepare([script])
+    llm = generator._iam_judges["llm"]
+    assert isinstance(llm, LocalLLMJudge) and llm.device == "cpu"
+    assert generator.identity()["entities"] == f"llm:{tiny_llm_dir}" and generator.identity()["oracle"] is False
+    request = GenerationRequest(script=script, seed=0, output_path=tmp_path / "0-s0.mp4", fps=4,
+                                seconds_per_segment=2, width=64, height=48)
+    with pytest.raises(GenerationError, match="prompt 1: entity extraction failed"):
+        generator.generate(request)
+    assert llm.stats.requests >= 1 and not request.output_path.exists()
+    generator.close()
+
+
+@pytest.mark.parametrize("local_only, expected", [
+    (None, "huggingface-cli download Qwen/Qwen3-4B-Instruct-2507"),   # the default: the hub cache only
+    ("false", "HF_HUB_OFFLINE is set"),                                # downloads allowed, but offline
+])
+def test_iamflow_hub_llm_missing_offline_exits_2_at_start(tmp_path, local_only, expected):
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "narrastream.run", "model=iamflow", "preset=tiny", "data.limit=1",
+            f"run.dir={run_dir}", "model.params.iam.entities=llm"]
+    if local_only is not None:
+        args.append(f"model.params.iam.llm.local_files_only={local_only}")
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}  # an empty cache, no network
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "model.params.iam.llm.model=Qwen/Qwen3-4B-Instruct-2507: IAMFlow's llm cannot be loaded" in proc.stderr
+    assert expected in proc.stderr and "model.params.iam.entities=prompt_names" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (run_dir / "videos").exists()

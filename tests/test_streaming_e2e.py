@@ -35,6 +35,7 @@ def test_streaming_model_runs_end_to_end(tmp_path, model, metrics):
     assert sidecar["switch_frames"] == [5, 13, 21, 29, 37]
     assert sidecar["extra"]["method"] == model and sidecar["timings"]["core_dit"] > 0
     if model == "iamflow":  # the registry and the memory trace travel in the sidecar
+        assert sidecar["extra"]["iam"]["entities"] == "prompt_names"  # the tiny path's offline extractor
         assert sidecar["extra"]["iam"]["registry"]["entities"][0]["name"] == "Noah"
         assert sidecar["extra"]["iam"]["memory_trace"]["events"]
     latest = RecordStore(run_dir / "records").latest()

@@ -9,10 +9,15 @@ explicit path, under ``weights.dir`` (else ``$NARRASTREAM_WEIGHTS``), in ``~/.ca
 then in the Hugging Face hub cache (never downloaded unless ``allow_download``). A missing file is a
 :class:`~narrastream.metrics.backbones.WeightsNotFoundError` naming the file and where it goes.
 ``size: tiny`` builds seeded tiny random-weight components instead (``preset=tiny``).
+
+IAMFlow's characters (``iam.entities``) come from the released LLM extractor (``llm``), from the prompts
+alone (``prompt_names``, offline), or, as an explicitly named oracle ablation only, from the evaluator's
+narrative annotations (``oracle``); :meth:`StreamingWanGenerator.identity` says which.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -36,6 +41,9 @@ from narrastream.paths import cache_dir
 
 log = logging.getLogger(__name__)
 WAN_DIFFUSERS_HUB = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+ENTITY_SOURCES = ("llm", "prompt_names", "oracle")
+ORACLE_MARKER = "oracle"  # the model name of a run whose generator reads the evaluator's annotations contains it
+ORACLE_CONFIG = "model=iamflow_oracle (name iamflow+oracle-entities)"
 
 
 class StreamingWanGenerator(Generator):
@@ -46,7 +54,7 @@ class StreamingWanGenerator(Generator):
                  denoising_steps: Sequence[int] = (1000, 750, 500, 250), size: str = "full", seed: int = 0,
                  weights: Mapping[str, Any] | None = None, fp8: bool = False, dtype: str = "bfloat16",
                  device: str = "auto", crf: int = 18, architecture: Mapping[str, Any] | None = None,
-                 iam: Mapping[str, Any] | None = None) -> None:
+                 iam: Mapping[str, Any] | None = None, model_name: str | None = None) -> None:
         from narrastream.streaming.pipeline import StreamingSpec
 
         if size not in ("full", "tiny"):
@@ -62,9 +70,9 @@ class StreamingWanGenerator(Generator):
                                    else ("cpu" if device == "auto" else device))
         self.architecture = dict(architecture or {})  # WanConfig overrides (default: Wan2.1-T2V-1.3B)
         self.iam = dict(iam or {})  # IAMFlow's identity agents (memory policy "identity")
-        if self.iam.get("entities", "annotations") not in ("annotations", "llm"):
-            raise AdapterConfigError(f"model.params.iam.entities={self.iam.get('entities')!r}: "
-                                     "expected annotations or llm")
+        self.model_name = model_name
+        self.entities = str(self.iam.get("entities", "llm"))
+        _check_entity_source(self.entities, model_name)
         verifier = dict(self.iam.get("verifier") or {})
         if verifier.get("enabled") and verifier.get("mode", "async") == "async":
             lag, most = int(verifier.get("lag_blocks", 1)), self.spec.cache.local_budget // self.spec.block_frames - 1
@@ -72,8 +80,9 @@ class StreamingWanGenerator(Generator):
                 raise AdapterConfigError(
                     f"model.params.iam.verifier.lag_blocks={lag}: must be 0..{most} (the cache keeps "
                     f"{self.spec.cache.local_budget} local latent frames, {self.spec.block_frames} per block)")
-        self._iam_sources: tuple[Any, Any] | None = None
+        self._oracle: Any = None  # the evaluator's annotations, read once (iam.entities=oracle only)
         self._iam_judges: dict[str, Any] = {}
+        self._digests: dict[str, str] = {}
         self.pipeline = None
         self.loaded: dict[str, Any] = {}
 
@@ -83,9 +92,11 @@ class StreamingWanGenerator(Generator):
             return
         from narrastream.streaming.pipeline import StreamingWanPipeline
 
-        if self.spec.memory == "identity":  # the agents' judges first: a config error stops before any weight loads
-            if self.iam.get("entities", "annotations") == "llm":
+        if self.spec.memory == "identity":  # the agents' sources first: a config error stops before any weight loads
+            if self.entities == "llm":
                 self._iam_judge("llm")
+            elif self.entities == "oracle":
+                self._check_oracle_covers(scripts)
             if (self.iam.get("verifier") or {}).get("enabled", False):
                 self._iam_judge("verifier")
 
@@ -179,10 +190,13 @@ class StreamingWanGenerator(Generator):
         """IAMFlow's agent for one script (state never crosses scripts), with its verifier when enabled."""
         from narrastream.iamflow.agent import VISUAL_WEIGHT, IdentityAgent
 
-        source = self.iam.get("entities", "annotations")
         disambiguate = None
-        if source == "annotations":
-            characters = self._annotated_characters(script)
+        if self.entities == "oracle":
+            characters = self._oracle_characters(script)
+        elif self.entities == "prompt_names":
+            from narrastream.iamflow.prompt_names import prompt_name_entities
+
+            characters = prompt_name_entities(script.prompts)
         else:  # llm (checked in __init__)
             from narrastream.iamflow.entities import EntityExtractionError, extract_script_entities
 
@@ -207,16 +221,29 @@ class StreamingWanGenerator(Generator):
                              lag_blocks=int(settings.get("lag_blocks", 1)),
                              visual_weight=float(settings.get("weight", VISUAL_WEIGHT)), disambiguate=disambiguate)
 
-    def _annotated_characters(self, script: Script) -> list[list[Any]]:
-        if self._iam_sources is None:  # the annotations file and the cast are read once, not per video
+    def _oracle_annotations(self):
+        """The evaluator's annotations (``iam.annotations_path``, else the shipped file), read once."""
+        if self._oracle is None:
             from narrastream.protocol.annotations import load_annotations
-            from narrastream.protocol.annotation_checks import load_cast
 
-            self._iam_sources = (load_annotations({"path": self.iam.get("annotations_path")}), load_cast())
-        characters = characters_from_annotations(script, *self._iam_sources)
+            self._oracle = load_annotations({"path": self.iam.get("annotations_path")})
+        return self._oracle
+
+    def _check_oracle_covers(self, scripts: Sequence[Script]) -> None:
+        """Every script to generate is annotated for its prompts in the oracle's file (else exit 2 at start)."""
+        annotations = self._oracle_annotations()
+        missing = [s.id for s in scripts if characters_from_annotations(s, annotations) is None]
+        if missing:
+            shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
+            raise AdapterConfigError(f"model.params.iam.annotations_path: {annotations.path or annotations.source} has "
+                                     f"no entities for the prompts of {len(missing)} script(s) ({shown}): the oracle "
+                                     "(iam.entities=oracle) cannot tell their characters")
+
+    def _oracle_characters(self, script: Script) -> list[list[Any]]:
+        characters = characters_from_annotations(script, self._oracle_annotations())
         if characters is None:
-            raise GenerationError(f"{self.method}: script {script.id} has no frozen annotations for its prompts, "
-                                  "so its characters are unknown (iam.entities=annotations)")
+            raise GenerationError(f"{self.method}: script {script.id} has no narrative annotations for its prompts "
+                                  "in the oracle's file, so its characters are unknown (iam.entities=oracle)")
         return characters
 
     def _iam_judge(self, role: str):
@@ -224,7 +251,7 @@ class StreamingWanGenerator(Generator):
 
         A local verifier model goes to the second GPU when there is one (the DiT keeps the first)."""
         if role not in self._iam_judges:
-            from narrastream.judges import build_judges
+            from narrastream.judges import JudgeConfigError, build_judges
 
             section = self.iam.get("llm") if role == "llm" else (self.iam.get("verifier") or {}).get("judge")
             cfg = dict(section or {})
@@ -235,13 +262,71 @@ class StreamingWanGenerator(Generator):
             if cfg.get("backend") == "local" and cfg.get("device", "auto") == "auto" and role == "verifier" \
                     and torch.cuda.device_count() > 1:
                 cfg["device"] = "cuda:1"
-            judges = build_judges(cfg)
+            follows_weights = cfg.get("local_files_only") is None
+            if follows_weights:  # null: download only when the model's weights may be downloaded
+                cfg["local_files_only"] = not bool(self.weights.get("allow_download", False))
+            try:
+                judges = build_judges(cfg)
+            except JudgeConfigError as exc:
+                raise AdapterConfigError(_judge_load_error(key, cfg, role, exc, follows_weights)) from exc
             judge = judges.vlm if role == "verifier" else judges.planner
             if role == "verifier" and not judge.vision:
                 raise AdapterConfigError(f"{key}.model={cfg['model']}: a text-only model cannot verify frames; "
                                          "the verifier needs a vision-language model (Qwen3-VL class)")
             self._iam_judges[role] = judge
         return self._iam_judges[role]
+
+    # ------------------------------------------------------------------ identity
+    def identity(self) -> dict[str, Any]:
+        """The method, the weights (content hashes of the files loaded, or ``random(seed=..)``), where the
+        characters come from and whether that is the evaluator's answer key (``oracle``)."""
+        ident: dict[str, Any] = {"method": self.method, "size": self.size, "fp8": self.fp8,
+                                 "weights": self._weights_identity()}
+        if self.spec.memory == "identity":
+            ident["entities"] = self._entities_identity()
+            verifier = dict(self.iam.get("verifier") or {})
+            ident["verifier"] = str((verifier.get("judge") or {}).get("model")) if verifier.get("enabled") else None
+        ident["oracle"] = self.spec.memory == "identity" and self.entities == "oracle"
+        return ident
+
+    def _weights_identity(self) -> dict[str, str]:
+        if self.size == "tiny":
+            random = f"random(seed={self.seed})"
+            return {"dit": random, "wan": random}
+        if not self.loaded:  # not prepared yet: the files that prepare() would load
+            files = {"dit": self._file("dit"), "wan": self._wan_folder()}
+            if self.weights.get("lora"):
+                files["lora"] = self._file("lora")
+        else:
+            files = {role: Path(self.loaded[role]) for role in ("dit", "lora", "wan") if self.loaded.get(role)}
+        return {role: self._digest(path) for role, path in files.items()}
+
+    def _digest(self, path: Path) -> str:
+        """``sha256:<hex>`` of a checkpoint file, or of a folder's files (the Wan text encoder, tokenizer, VAE)."""
+        key = str(path)
+        if key not in self._digests:
+            from narrastream.hashing import sha256_file
+
+            if path.is_dir():
+                parts = sorted(f for sub in ("text_encoder", "tokenizer", "vae") for f in (path / sub).rglob("*")
+                               if f.is_file())
+                listing = "\n".join(f"{f.relative_to(path).as_posix()} {sha256_file(f)}" for f in parts)
+                self._digests[key] = "sha256:" + hashlib.sha256(listing.encode("utf-8")).hexdigest()
+            else:
+                self._digests[key] = "sha256:" + sha256_file(path)
+        return self._digests[key]
+
+    def _entities_identity(self) -> str:
+        if self.entities == "prompt_names":
+            return "prompt_names"
+        if self.entities == "oracle":
+            annotations = self._oracle_annotations()
+            name = annotations.path.name if annotations.path else annotations.source
+            return f"oracle:{name}@sha256:{annotations.sha256}"
+        llm = dict(self.iam.get("llm") or {})
+        judge = self._iam_judges.get("llm")
+        model = judge.model if judge is not None else llm.get("model")
+        return f"llm:{model}"
 
     def close(self) -> None:
         for judge in self._iam_judges.values():
@@ -267,7 +352,7 @@ class StreamingWanGenerator(Generator):
             if agent is not None and agent.verifier is not None:
                 agent.verifier.close()
         if agent is not None:
-            result.details["iam"] = agent.to_json()
+            result.details["iam"] = {"entities": self._entities_identity(), **agent.to_json()}  # where they came from
             # the agents' set-up (LLM extraction and ID matching) runs before the stream, as in the release,
             # whose profiler leaves it out of the end-to-end time; it is reported beside it
             result.timings["iam_setup"] = setup_s
@@ -285,22 +370,54 @@ class StreamingWanGenerator(Generator):
         )
 
 
-def characters_from_annotations(script: Script, annotations: Any = None,
-                                cast: Mapping[str, Any] | None = None) -> list[list[Any]] | None:
-    """Each prompt's human characters (first names of the cast, with their looks) from the frozen
-    narrative annotations (loaded when not given), or None when the script is not annotated for these
-    prompts."""
-    from narrastream.protocol.annotations import load_annotations
-    from narrastream.iamflow.registry import ExtractedEntity
-    from narrastream.protocol.annotation_checks import load_cast
+def characters_from_annotations(script: Script, annotations: Any) -> list[list[Any]] | None:
+    """The ORACLE entity source (``iam.entities=oracle``): each prompt's characters, with their looks, as the
+    evaluator's narrative annotations tag them, or None when the script is not annotated for these prompts.
 
-    annotations = annotations if annotations is not None else load_annotations({})
+    Characters are the annotated entities named by a capitalised (proper) name; objects ("leather-bound
+    notebook") are left out, as the release's extractor leaves them out.
+    """
+    from narrastream.iamflow.registry import ExtractedEntity
+
     annotation, _ = annotations.for_script(script.id, script.prompts)
     if annotation is None or annotation.segment_entities is None:
         return None
-    cast = cast if cast is not None else load_cast()
-    return [[ExtractedEntity(e.name, tuple(e.attributes)) for e in segment if e.name in cast]
+    return [[ExtractedEntity(e.name, tuple(e.attributes)) for e in segment if e.name[:1].isupper()]
             for segment in annotation.segment_entities]
+
+
+def _check_entity_source(entities: str, model_name: str | None) -> None:
+    """``iam.entities`` is known, and the evaluator's annotations are read only under a model name that says so."""
+    if entities not in ENTITY_SOURCES:
+        raise AdapterConfigError(f"model.params.iam.entities={entities!r}: expected one of {', '.join(ENTITY_SOURCES)}")
+    marked = ORACLE_MARKER in str(model_name or "").lower()
+    if entities == "oracle" and not marked:
+        raise AdapterConfigError(
+            f"model.params.iam.entities=oracle under model name {model_name!r}: the oracle reads the evaluator's "
+            f"narrative annotations (its answer key), so its rows must not pass for the method; use {ORACLE_CONFIG}")
+    if marked and entities != "oracle":
+        raise AdapterConfigError(
+            f"model.params.iam.entities={entities!r} under model name {model_name!r}: the name says oracle but the "
+            "generator would not read the annotations; use model=iamflow, or keep iam.entities=oracle")
+
+
+def _judge_load_error(key: str, cfg: Mapping[str, Any], role: str, exc: Exception, follows_weights: bool) -> str:
+    """The start-up error for an IAMFlow judge that cannot be built, naming the keys that fix it."""
+    message = f"{key}.model={cfg.get('model')}: IAMFlow's {role} cannot be loaded: {exc}"
+    if cfg.get("backend") != "local":
+        return message
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    hints = [f"put it in the Hugging Face cache (huggingface-cli download {cfg.get('model')}) or name a folder "
+             f"({key}.model=DIR)"]
+    if cfg.get("local_files_only", True):
+        switch = " or model.params.weights.allow_download=true" if follows_weights else ""
+        hints.append(f"or let it download ({key}.local_files_only=false{switch})")
+    elif offline:
+        hints.append("HF_HUB_OFFLINE is set, so nothing is downloaded")
+    if role == "llm":
+        hints.append(f"or serve it ({key}.backend=openai {key}.base_url=URL), or run without an LLM "
+                     "(model.params.iam.entities=prompt_names: names from the prompts only, not the released method)")
+    return message + "\n" + "; ".join(hints)
 
 
 def _policies(spec) -> dict[str, Any]:

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 EXPECTED = ("a folder (or a Hugging Face hub id already in the local cache) with a chat-capable "
             "image-text-to-text checkpoint: config.json, model weights (*.safetensors), tokenizer and "
             "processor files with a chat template, e.g. a save_pretrained / snapshot of Qwen2.5-VL-7B-Instruct")
+EXPECTED_ANY = ("a folder (or a Hugging Face hub id already in the local cache) with a chat model: a vision-language "
+                "checkpoint (e.g. Qwen2.5-VL-7B-Instruct) or a text-only one (e.g. Qwen3-4B-Instruct-2507), with "
+                "config.json, weights (*.safetensors) and a tokenizer with a chat template")
 EXPECTED_LLM = ("a folder (or a Hugging Face hub id already in the local cache) with a causal language model and a "
                 "tokenizer with a chat template, e.g. a snapshot of Qwen3-4B-Instruct-2507")
 
@@ -171,11 +174,15 @@ def load_local_judge(model_path: str, **kwargs: Any) -> _LocalModelJudge:
     source = _check_source(str(model_path))
     from transformers import AutoConfig
 
+    local_only = bool(kwargs.get("local_files_only", True))
+    where = "" if Path(source).is_dir() or not local_only else \
+        " (not in the local Hugging Face cache; nothing is downloaded)"
     try:
-        config = AutoConfig.from_pretrained(source, local_files_only=bool(kwargs.get("local_files_only", True)),
+        config = AutoConfig.from_pretrained(source, local_files_only=local_only,
                                             trust_remote_code=bool(kwargs.get("trust_remote_code", False)))
     except (OSError, ValueError, KeyError) as exc:
-        raise ValueError(f"judge model {model_path}: cannot read its config: {exc}\nExpected {EXPECTED}") from exc
+        raise ValueError(f"judge model {model_path}: cannot read its config{where}: {exc}\n"
+                         f"Expected {EXPECTED_ANY}") from exc
     vision = getattr(config, "vision_config", None) is not None
     return (LocalVLMJudge if vision else LocalLLMJudge)(str(model_path), **kwargs)
 
