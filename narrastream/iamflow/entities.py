@@ -1,4 +1,7 @@
-"""Where the agent's characters come from: the frozen narrative annotations, or an LLM (reference §3.2).
+"""The released entity source: an LLM asked for each prompt's characters (reference §3.2).
+
+(The offline alternative, which reads only the prompts, is :mod:`narrastream.iamflow.prompt_names`; the
+evaluator's annotations reach the agent only under the oracle configuration, ``model=iamflow_oracle``.)
 
 ``iam.entities: llm`` asks the LLM (any judge backend: an OpenAI-compatible endpoint serving e.g.
 Qwen3-4B-Instruct-2507, or a local transformers model) for the characters of every prompt **before**
