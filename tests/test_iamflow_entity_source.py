@@ -89,52 +89,80 @@ def test_prompt_names_reads_names_not_sentence_openers():
 
 
 # ----------------------------------------------------------------------------- never reading the answer key
-@pytest.fixture()
-def annotations_blocked(monkeypatch):
-    """Every way to open a file under benchmark_data/annotations raises: a generator that reads the answer
-    key (or the cast list) fails."""
-    blocked = ANNOTATIONS_DIR.resolve()
+class AnnotationsGuard:
+    """While ``active``, every way to open a file under benchmark_data/annotations (``open``, ``Path.open``,
+    ``Path.read_text``; ``read_bytes`` goes through ``Path.open``) raises AssertionError."""
 
-    def check(path) -> None:
+    def __init__(self) -> None:
+        self.blocked = ANNOTATIONS_DIR.resolve()
+        self.active = False
+        self.hits: list[str] = []
+
+    def check(self, path) -> None:
+        if not self.active:
+            return
         try:
             target = Path(path).resolve()
         except (TypeError, ValueError):
             return
-        if target == blocked or blocked in target.parents:
+        if target == self.blocked or self.blocked in target.parents:
+            self.hits.append(str(target))
             raise AssertionError(f"read the evaluator's annotations: {target}")
 
+
+@pytest.fixture()
+def annotations_guard(monkeypatch) -> AnnotationsGuard:
+    guard = AnnotationsGuard()
     real_open, real_path_open, real_read_text = builtins.open, Path.open, Path.read_text
 
     def guarded_open(file, *args, **kwargs):
         if isinstance(file, (str, os.PathLike)):
-            check(file)
+            guard.check(file)
         return real_open(file, *args, **kwargs)
 
     def guarded_path_open(self, *args, **kwargs):
-        check(self)
+        guard.check(self)
         return real_path_open(self, *args, **kwargs)
+
+    def guarded_read_text(self, *args, **kwargs):
+        guard.check(self)
+        return real_read_text(self, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "open", guarded_open)
     monkeypatch.setattr(Path, "open", guarded_path_open)
-    def guarded_read_text(self, *args, **kwargs):
-        check(self)
-        return real_read_text(self, *args, **kwargs)
-
     monkeypatch.setattr(Path, "read_text", guarded_read_text)
-    return blocked
+    return guard
 
 
-def test_the_tiny_path_runs_end_to_end_without_the_annotations(annotations_blocked, tmp_path):
+def _guard_the_generator(monkeypatch, guard: AnnotationsGuard) -> None:
+    """Activate the guard inside the streaming generator's own steps (construction, prepare, generate,
+    identity), so the evaluator around it may read the annotations as it always does."""
+    from narrastream.adapters.streaming_wan import StreamingWanGenerator
+
+    for name in ("__init__", "prepare", "generate", "identity"):
+        real = getattr(StreamingWanGenerator, name)
+
+        def guarded(self, *args, _real=real, **kwargs):
+            guard.active = True
+            try:
+                return _real(self, *args, **kwargs)
+            finally:
+                guard.active = False
+
+        monkeypatch.setattr(StreamingWanGenerator, name, guarded)
+
+
+def test_the_tiny_path_runs_end_to_end_without_the_annotations(annotations_guard, monkeypatch, tmp_path):
     """``model=iamflow preset=tiny data.limit=1`` through the app's own ``execute`` (generate, evaluate,
-    leaderboard), offline, with the annotations files unreadable; the evaluator uses none (its metrics that
-    need them are left out), so only the generator could have tried."""
+    leaderboard), offline, with the annotations files unreadable whenever the generator runs."""
     from narrastream.run import execute
 
+    _guard_the_generator(monkeypatch, annotations_guard)
     run_dir = tmp_path / "run"
     cfg = compose_config(["model=iamflow", "preset=tiny", "data.limit=1", f"run.dir={run_dir}",
-                          "protocol.annotations=none", "video.segmentation=native",
-                          "protocol.run_metrics=[subject_consistency,boundary_smoothness]"])
+                          "video.segmentation=native", "protocol.run_metrics=[subject_consistency,boundary_smoothness]"])
     assert execute(cfg) == 0
+    assert annotations_guard.hits == []
     sidecar = json.loads((run_dir / "videos" / "iamflow" / "0-s0.json").read_text())
     iam = sidecar["extra"]["iam"]
     assert iam["entities"] == "prompt_names"
@@ -143,12 +171,17 @@ def test_the_tiny_path_runs_end_to_end_without_the_annotations(annotations_block
         assert sidecar["generator"]["entities"] == "prompt_names" and sidecar["generator"]["oracle"] is False
 
 
-def test_the_guard_catches_a_generator_that_reads_the_annotations(annotations_blocked, official_path):
-    """The same guard stops the oracle: it is a real probe, not a formality."""
-    generator, _ = _generator("model=iamflow_oracle", "preset=tiny")
-    script = load_benchmark(official_path, ids=[0]).scripts[0]
+def test_the_guard_catches_a_generator_that_reads_the_annotations(annotations_guard, monkeypatch, official_path,
+                                                                   tmp_path):
+    """The same guard, the same way, stops the oracle's run: it is a real probe, not a formality."""
+    from narrastream.run import execute
+
+    _guard_the_generator(monkeypatch, annotations_guard)
+    cfg = compose_config(["model=iamflow_oracle", "preset=tiny", "data.limit=1", f"run.dir={tmp_path / 'run'}",
+                          "protocol.run_metrics=[subject_consistency]"])
     with pytest.raises(AssertionError, match="read the evaluator's annotations"):
-        generator.prepare([script])
+        execute(cfg)
+    assert annotations_guard.hits
 
 
 def test_identity_names_the_entity_source_and_the_weights(official_path, tmp_path):
