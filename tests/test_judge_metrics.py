@@ -177,6 +177,19 @@ def test_vlm_score_weights_split():
     assert vlm_score([0.9, 0.3], 0.5, [1, 3], segment_weight=0.5, overall_weight=0.5) == pytest.approx(0.475)
 
 
+def test_vlm_score_divides_by_the_weight_sum():
+    # the official divides by the sum of the component weights: 0.8 / 0.4 with both at 0.5 gives 0.5
+    # (not 0.8 * 0.5 + 0.4 * 0.5 = 0.6)
+    assert vlm_score([0.5, 0.5], 0.5, [1, 1], segment_weight=0.8, overall_weight=0.4) == pytest.approx(0.5, abs=1e-15)
+    # (0.8 * 0.45 + 0.4 * 0.5) / 1.2
+    assert vlm_score([0.9, 0.3], 0.5, [1, 3], segment_weight=0.8, overall_weight=0.4) == pytest.approx(0.56 / 1.2)
+    # a component whose weight is not positive is left out, as in the official
+    assert vlm_score([0.9, 0.3], 0.5, [1, 3], segment_weight=1.0, overall_weight=0.0) == pytest.approx(0.45)
+    assert vlm_score([0.9, 0.3], 0.5, [1, 3], segment_weight=0.0, overall_weight=2.0) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="positive segment_weight or overall_weight"):
+        vlm_score([0.9], 0.5, [1], segment_weight=0.0, overall_weight=0.0)
+
+
 def test_protocol_constants():
     metrics = yaml.safe_load(PROTOCOL_YAML.read_text(encoding="utf-8"))["metrics"]
     assert metrics["entity_grounding"] == EG_PARAMS
