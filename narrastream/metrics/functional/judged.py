@@ -55,7 +55,8 @@ def vlm_score(segment_scores: Sequence[float], overall: float, weights: Sequence
     >>> round(vlm_score([0.5], 0.5, [1], segment_weight=0.8, overall_weight=0.4), 6)
     0.5
     """
-    candidates = [(weighted_mean(segment_scores, weights), float(segment_weight)), (float(overall), float(overall_weight))]
+    candidates = [(weighted_mean(segment_scores, weights), float(segment_weight)),
+                  (float(overall), float(overall_weight))]
     components = [(value, weight) for value, weight in candidates if weight > 0]
     if not components:
         raise ValueError(f"vlm_score needs a positive segment_weight or overall_weight, got {segment_weight} "
