@@ -100,6 +100,16 @@ def test_medoid_ties():
     sim.fill_diagonal_(1.0)
     sim[0, 3] = sim[3, 0] = 0.9
     assert medoid_index(sim) == 3
+    # two frames whose diagonals differ by rounding (1.0 and 0.9999999999999999, from float32 features
+    # normalised in float64): the off-diagonal sums are the same number, an exact tie, so frame 1.
+    # Subtracting the diagonal from the row sum used to break this tie towards frame 0.
+    repro = similarity_matrix(torch.tensor([[1.0, 0.9, 1.1], [0.7, -0.3, 1.2]], dtype=torch.float32))
+    assert repro[0, 0].item() != repro[1, 1].item()  # the rounding that broke the tie is there
+    assert medoid_index(repro) == 1
+    # same similarities to the others in another order still tie exactly (exactly rounded sums)
+    sim = torch.tensor([[1.0, 0.1, 0.7, 0.2], [0.1, 1.0, 0.2, 0.7], [0.7, 0.2, 1.0, 0.3],
+                        [0.2, 0.7, 0.3, 1.0]], dtype=torch.float64)
+    assert medoid_index(sim) == 2  # 2 and 3 tie at (0.7 + 0.2 + 0.3) / 3; 2 is the centre
     # no tie: the most central frame
     assert medoid_index(similarity_matrix(at(50, 60, 100))) == 1
     with pytest.raises(ValueError):
@@ -165,12 +175,24 @@ def test_empty_segment_counts_zero_and_is_not_bridged():
     assert fallbacks == ["segment 1: no sampled frame, local score 0.0 and no representative"]
 
 
-def test_empty_first_segment_leaves_no_anchor():
-    features = [torch.empty(0, 2), at(0, 30), at(60, 70)]
-    score, items, _ = consistency_score(features, [1 / 3] * 3, **formula_params())
-    assert items[3]["inter_anchor"] is None
-    assert items[3]["inter_adjacent_similarities"] == pytest.approx([c(40)], abs=1e-7)
-    assert score == pytest.approx(0.34 * (0.0 + c(30) + c(10)) / 3 + 0.66 * c(40), abs=1e-7)
+def test_empty_first_segment_moves_the_anchor():
+    # the official anchors on the first segment that has frames (here segment 1), not on segment 0
+    features = [torch.empty(0, 2), at(0, 30), at(60, 70), at(80, 90)]  # medoids: 30, 70, 90 deg
+    score, items, _ = consistency_score(features, [1 / 4] * 4, **formula_params())
+    summary = items[4]
+    assert summary["inter_anchor_segment"] == 1
+    assert summary["inter_anchor_similarities"] == pytest.approx([c(40), c(60)], abs=1e-7)  # S(30,70), S(30,90)
+    assert summary["inter_adjacent_similarities"] == pytest.approx([c(40), c(20)], abs=1e-7)
+    adjacent = 0.75 * c(40) + 0.25 * c(20)
+    anchor = 0.75 * c(60) + 0.25 * c(40)
+    local = (0.0 + c(30) + c(10) + c(10)) / 4
+    assert score == pytest.approx(0.34 * local + 0.66 * (0.5 * adjacent + 0.5 * anchor), abs=1e-7)
+
+
+def test_only_one_segment_with_frames_has_no_anchor():
+    score, items, _ = consistency_score([torch.empty(0, 2), at(0, 30)], [0.5, 0.5], **formula_params())
+    assert items[2]["inter_anchor"] is None and items[2]["inter_anchor_segment"] == 1
+    assert score == pytest.approx((0.0 + c(30)) / 2, abs=1e-7)  # local only
 
 
 def test_single_segment_scores_local_only():

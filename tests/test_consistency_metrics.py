@@ -132,4 +132,4 @@ def test_metric_declarations():
     background = build_metric("background_consistency", protocol_params("background_consistency"))
     assert (subject.dimension, subject.backbones) == ("quality", ("dino_vitb16",))
     assert (background.dimension, background.backbones) == ("quality", ("clip_vitb32",))
-    assert subject.version == background.version == "v2_local_p25_inter_medoid"
+    assert subject.version == background.version == "v2_local_p25_inter_medoid_r2"

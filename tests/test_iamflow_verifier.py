@@ -703,10 +703,15 @@ def test_failing_vlm_falls_back_to_the_semantic_choice(tiny):
     run_pipeline(tiny, agent)
     verifier.close()
     assert len(agent.decisions) == BLOCKS
+    checked = 0
     for d in agent.decisions:
         assert d["verifier"] == "failed" and d["visual"] is None and "vlm endpoint down" in d["reason"]
-        assert d["frame"] == f"{d['block']}_f{argmax(d['semantic'])}"
+        ranked = sorted(d["semantic"])
+        if ranked[-1] - ranked[-2] > 1e-5:  # recorded semantics are rounded to 1e-6: skip near ties
+            assert d["frame"] == f"{d['block']}_f{argmax(d['semantic'])}"
+            checked += 1
         assert "corrections" not in d
+    assert checked > 0
     assert [e["attributes"] for e in agent.registry.to_json()["entities"]] == [["red coat"]]
     assert agent.to_json()["verifier"]["failed"] == BLOCKS
 

@@ -177,6 +177,19 @@ def test_vlm_score_weights_split():
     assert vlm_score([0.9, 0.3], 0.5, [1, 3], segment_weight=0.5, overall_weight=0.5) == pytest.approx(0.475)
 
 
+def test_vlm_score_divides_by_the_weight_sum():
+    # the official divides by the sum of the component weights: 0.8 / 0.4 with both at 0.5 gives 0.5
+    # (not 0.8 * 0.5 + 0.4 * 0.5 = 0.6)
+    assert vlm_score([0.5, 0.5], 0.5, [1, 1], segment_weight=0.8, overall_weight=0.4) == pytest.approx(0.5, abs=1e-15)
+    # (0.8 * 0.45 + 0.4 * 0.5) / 1.2
+    assert vlm_score([0.9, 0.3], 0.5, [1, 3], segment_weight=0.8, overall_weight=0.4) == pytest.approx(0.56 / 1.2)
+    # a component whose weight is not positive is left out, as in the official
+    assert vlm_score([0.9, 0.3], 0.5, [1, 3], segment_weight=1.0, overall_weight=0.0) == pytest.approx(0.45)
+    assert vlm_score([0.9, 0.3], 0.5, [1, 3], segment_weight=0.0, overall_weight=2.0) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="positive segment_weight or overall_weight"):
+        vlm_score([0.9], 0.5, [1], segment_weight=0.0, overall_weight=0.0)
+
+
 def test_protocol_constants():
     metrics = yaml.safe_load(PROTOCOL_YAML.read_text(encoding="utf-8"))["metrics"]
     assert metrics["entity_grounding"] == EG_PARAMS
@@ -469,14 +482,31 @@ def test_continuity_answer_length():
 
 def test_entity_groups_answer_normalisation():
     answer = EntityGroupsAnswer.model_validate(
-        {"groups": {"  Noah   the  boy ": [0, 5, -1, 2, "1", True], "dog": "0,1", "cup": [7], "": [0], "tea": [1.0]}},
+        {"groups": {"Noah": [0, 5, -1, 2, "1", True], "dog": "0,1", "cup": [7], "tea": [1.0], "cat": ["x", None, [1]]}},
         context={"segments": 3})
-    # out-of-range, strings and booleans dropped; non-list values and empty names dropped; names collapsed
-    assert answer.groups == {"Noah the boy": [0, 2], "tea": [1]}
+    # out-of-range indices, non-list values and entities left empty are dropped; the rest goes through int()
+    assert answer.groups == {"Noah": [0, 2, 1, 1], "tea": [1]}
     with pytest.raises(ValidationError, match="no entity with valid segment indices"):
         EntityGroupsAnswer.model_validate({"groups": {"cup": [7, 9], "dog": "all"}}, context={"segments": 3})
     with pytest.raises(ValidationError):
         EntityGroupsAnswer.model_validate({"groups": [["Noah", 0]]})
+
+
+def test_entity_groups_indices_go_through_int_as_the_official():
+    # the official applies int() to each index: {"a": [0, "1", 2.9, true]} -> [0, 1, 2, 1]
+    answer = EntityGroupsAnswer.model_validate({"groups": {"a": [0, "1", 2.9, True]}}, context={"segments": 3})
+    assert answer.groups == {"a": [0, 1, 2, 1]}
+    # what int() refuses is dropped: "2.9", null, NaN, a list; an infinite index too (the official crashes)
+    raw = json.loads('{"groups": {"a": [2, "2.9", null, NaN, [1], Infinity, " 1 ", -0.5]}}')
+    assert EntityGroupsAnswer.model_validate(raw, context={"segments": 3}).groups == {"a": [2, 1, 0]}
+
+
+def test_entity_groups_names_differing_in_whitespace_stay_apart():
+    # the official keeps each JSON key as its own entity; cleaning the names used to let "Mina " overwrite "Mina"
+    answer = EntityGroupsAnswer.model_validate({"groups": {"Mina": [0, 2], "Mina ": [1, 3], " Noah  boy": [1]}},
+                                               context={"segments": 4})
+    assert answer.groups == {"Mina": [0, 2], "Mina ": [1, 3], " Noah  boy": [1]}
+    assert list(answer.groups) == ["Mina", "Mina ", " Noah  boy"]  # the order of the answer
 
 
 def test_segment_entities_answer_merges_and_caps():

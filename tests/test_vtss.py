@@ -168,7 +168,8 @@ def test_scorer_normalises_and_averages_the_map():
     clips[:, :, :, :, 0] = np.array([10, 100, 250], np.uint8)[:, None, None, None]
     expected = np.mean([(v - 123.675) / 58.395 for v in (10, 100, 250)])
     assert scorer.score(clips, batch_size=2) == pytest.approx(expected, rel=1e-6)
-    assert scorer.score(clips, batch_size=1) == scorer.score(clips, batch_size=3)
+    # batched vs one clip at a time: other shapes, so other kernels; equal up to float32 rounding
+    assert scorer.score(clips, batch_size=1) == pytest.approx(scorer.score(clips, batch_size=3), rel=0, abs=1e-6)
 
 
 # ------------------------------------------------------------------------------ the formulas

@@ -21,7 +21,7 @@ from narrastream.protocol.annotations import MAX_ATTRIBUTES_PER_ENTITY, MAX_ENTI
 TEMPLATES = {
     "segment_weights": "segment_weights/v1",
     "continuity": "continuity/v1",
-    "entity_groups": "entity_groups/v1",
+    "entity_groups": "entity_groups/v2",  # v2: indices through int() as the official (prompt unchanged)
     "segment_entities": "segment_entities/v1",
     "entity_grounding": "entity_grounding/v1",
     "vlm_score": "vlm_score/v1",
@@ -70,7 +70,15 @@ class EntityGroupsAnswer(BaseModel):
     @field_validator("groups", mode="before")
     @classmethod
     def _keep_lists(cls, value: Any, info: ValidationInfo) -> Any:
-        """The official normalisation: list values only, int indices, in range; nothing left is invalid."""
+        """The official normalisation: list values only; each index through ``int()``; those in ``[0, N)``.
+
+        As the official: ``"1"`` counts as 1, ``2.9`` as 2, ``true`` as 1; what ``int()`` refuses
+        (``"2.9"``, ``null``, ``NaN``, nested lists) is dropped, and so is an infinite index (the
+        official crashes on it). Order and duplicates are kept (the first listed index is the anchor).
+        Names are kept as given (``str(name)``, as the official's dict keys): two names that differ
+        only in whitespace stay two entities, each scored, as in the official evaluator, instead of the
+        later one overwriting the earlier. An answer with no entity left is invalid.
+        """
         if not isinstance(value, dict):
             raise ValueError("groups must be an object: entity -> [segment indices]")
         n = (info.context or {}).get("segments")
@@ -78,10 +86,16 @@ class EntityGroupsAnswer(BaseModel):
         for name, indices in value.items():
             if not isinstance(indices, list):
                 continue
-            kept = [int(i) for i in indices if isinstance(i, (int, float)) and not isinstance(i, bool)
-                    and math.isfinite(i) and (n is None or 0 <= int(i) < n)]
-            if kept and str(name).strip():
-                out[" ".join(str(name).split())] = kept
+            kept = []
+            for index in indices:
+                try:
+                    k = int(index)
+                except (TypeError, ValueError, OverflowError):
+                    continue
+                if n is None or 0 <= k < n:
+                    kept.append(k)
+            if kept:
+                out[str(name)] = kept
         if not out:
             raise ValueError("no entity with valid segment indices")
         return out

@@ -42,9 +42,15 @@ a coin toss. Frames are picked by the caller (the metric uses ``linspace_indices
 **Text**: the model's own CLIP BPE tokenizer from the same directory (``vocab.json``/``merges.txt``/
 ``tokenizer.json``), ``max_length=77``, padding to 77, truncation at 77 tokens, as the official.
 transformers 5 loads it as its (tokenizers-backed) ``CLIPTokenizer`` from the same ``vocab.json``/
-``merges.txt``, offline (``local_files_only``); the official ``LanguageBindVideoTokenizer`` is the
-languagebind package's CLIP tokenizer class. For ordinary English prompts the ids are the same; text
-with unusual unicode may be cleaned differently (the slow tokenizer uses ``ftfy`` when installed). Random (test) builds have no tokenizer files; they use :class:`HashTokenizer`, a deterministic
+``merges.txt``, offline (``local_files_only``). The official ``LanguageBindVideoTokenizer`` subclasses
+transformers 4's *slow* ``CLIPTokenizer``, which, with ``ftfy`` installed (the official requirements pin
+``ftfy==6.3.1``), cleans each text before BPE: ``ftfy.fix_text``, whitespace runs to one space, strip,
+lower case. The fast tokenizer skips ``ftfy``, so curly quotes and apostrophes stay as they are and
+tokenise differently (``’s`` becomes ``âĢ Ļ s`` instead of ``'s``: one of the 1,944 official prompts
+gets 56 tokens instead of 52, so another text embedding). :func:`clean_text` applies the official
+clean-up before any tokenizer (:func:`tokenize`, used by :meth:`VideoTextEncoder.encode_texts`); on
+ASCII prompts it only lower-cases and collapses whitespace, which the fast tokenizer does anyway.
+Random (test) builds have no tokenizer files; they use :class:`HashTokenizer`, a deterministic
 offline stand-in with the same interface (never used with checkpoint files).
 
 **Where the model comes from** (:func:`resolve_languagebind_dir`): the model is a *directory*
@@ -402,10 +408,43 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
 
 
 def load_tokenizer(directory: Path | str) -> Any:
-    """The checkpoint's CLIP BPE tokenizer from ``directory``, offline (``local_files_only``)."""
+    """The checkpoint's CLIP BPE tokenizer from ``directory``, offline (``local_files_only``).
+
+    It does not clean text as the official tokenizer does: pass texts through :func:`tokenize`.
+    """
     from transformers import CLIPTokenizer
 
     return CLIPTokenizer.from_pretrained(str(directory), local_files_only=True)
+
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+def clean_text(text: str) -> str:
+    r"""The official CLIP tokenizer's clean-up before BPE: ``ftfy.fix_text``, whitespace collapsed, lower case.
+
+    As transformers' slow ``CLIPTokenizer`` with ``ftfy`` installed (the official tokenizer's base):
+    ``re.sub(r"\s+", " ", ftfy.fix_text(text)).strip().lower()``; curly quotes become straight ones,
+    mojibake is repaired. Idempotent, so a tokenizer that cleans again changes nothing.
+
+    >>> clean_text("Mina\u2019s  \u201cred\u201d scarf\n")
+    'mina\'s "red" scarf'
+    """
+    import ftfy
+
+    return _WHITESPACE.sub(" ", ftfy.fix_text(text)).strip().lower()
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], context_length: int = CONTEXT_LENGTH) -> dict[str, torch.Tensor]:
+    """Token ids and attention mask of ``texts`` as the official tokenizer makes them.
+
+    Each text goes through :func:`clean_text`, then ``tokenizer`` (padding to and truncation at
+    ``context_length`` tokens, 77 for LanguageBind).
+    """
+    if isinstance(texts, str):
+        raise TypeError("tokenize takes a list of strings")
+    return tokenizer([clean_text(t) for t in texts], max_length=context_length, padding="max_length",
+                     truncation=True, return_tensors="pt")
 
 
 def load_languagebind(path: Path | str, *, with_tokenizer: bool = True) -> LanguageBindVideoModel:
@@ -619,13 +658,13 @@ class VideoTextEncoder:
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
-        """Embeddings ``(N, D)`` of strings (padded to 77 tokens, truncated at 77, as the official)."""
+        """Embeddings ``(N, D)`` of strings (cleaned as the official tokenizer, :func:`tokenize`; padded to
+        77 tokens, truncated at 77, as the official)."""
         if isinstance(texts, str):
             raise TypeError("encode_texts takes a list of strings")
         outputs = [torch.empty(0, self.dim)]
         for start in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(list(texts[start:start + batch_size]), max_length=self.context_length,
-                                    padding="max_length", truncation=True, return_tensors="pt")
+            tokens = tokenize(self.tokenizer, list(texts[start:start + batch_size]), self.context_length)
             ids = tokens["input_ids"].to(self.device)
             mask = tokens.get("attention_mask")
             features = self.model.text_features(ids, mask.to(self.device) if mask is not None else None)
@@ -639,7 +678,7 @@ class VideoTextEncoder:
 __all__ = [
     "ARCHS", "BACKBONE_NAME", "CheckpointMismatchError", "HUB_REPO", "HashTokenizer",
     "LanguageBindArch", "LanguageBindVideoModel", "TemporalCLIPEncoderLayer", "VideoTextEncoder",
-    "arch_from_config", "build_languagebind", "config_dict", "load_languagebind", "load_official_state_dict",
-    "load_tokenizer", "map_official_state_dict", "resolve_languagebind_dir", "resolve_languagebind_weights",
-    "save_languagebind", "video_preprocess",
+    "arch_from_config", "build_languagebind", "clean_text", "config_dict", "load_languagebind",
+    "load_official_state_dict", "load_tokenizer", "map_official_state_dict", "resolve_languagebind_dir",
+    "resolve_languagebind_weights", "save_languagebind", "tokenize", "video_preprocess",
 ]

@@ -8,6 +8,7 @@ after the features is computed in float64.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -82,13 +83,18 @@ def medoid_index(sim: torch.Tensor) -> int:
     r"""The representative frame: :math:`\arg\max_a \frac{1}{K-1} \sum_{b \ne a} S_{ab}`.
 
     Ties go to the frame closer to the centre :math:`c = \lfloor K/2 \rfloor`, then to the lower
-    index; so with two frames the medoid is always frame 1.
+    index; so with two frames the medoid is always frame 1. Each frame's sum runs over the other
+    frames only (the diagonal is left out, never subtracted: a diagonal of 0.9999999999999999 minus
+    itself out of a rounded row sum breaks exact ties) and is exactly rounded (``math.fsum``), so two
+    frames with the same similarities to the others tie exactly, whatever the order of the terms.
 
     Raises:
         ValueError: for an empty segment (it has no representative).
 
     Example:
         >>> medoid_index(torch.tensor([[1.0, 0.2], [0.2, 1.0]], dtype=torch.float64))
+        1
+        >>> medoid_index(torch.tensor([[1.0, 0.7], [0.7, 0.9999999999999999]], dtype=torch.float64))
         1
         >>> medoid_index(torch.ones(4, 4, dtype=torch.float64))  # all tied: 2 is the centre
         2
@@ -98,8 +104,8 @@ def medoid_index(sim: torch.Tensor) -> int:
         raise ValueError("an empty segment has no medoid")
     if k == 1:
         return 0
-    off_diagonal = sim.sum(dim=1) - sim.diagonal()
-    centrality = (off_diagonal / (k - 1)).tolist()
+    rows = sim.tolist()
+    centrality = [math.fsum(rows[a][b] for b in range(k) if b != a) / (k - 1) for a in range(k)]
     centre = k // 2
     return min(range(k), key=lambda a: (-centrality[a], abs(a - centre), a))
 
@@ -135,13 +141,15 @@ def consistency_score(
 
         \text{local} &= \textstyle\sum_k w_k L_k / \sum_k w_k \\
         \text{adjacent} &= P_{q}\{S(r_k, r_{k+1})\}_k, \qquad
-        \text{anchor} = P_{q}\{S(r_0, r_k)\}_{k \ge 1} \\
+        \text{anchor} = P_{q}\{S(r_{k_0}, r_k)\}_{k > k_0} \\
         \text{inter} &= \alpha_{adj}\,\text{adjacent} + \alpha_{anc}\,\text{anchor} \\
         \text{score} &= \lambda_{local}\,\text{local} + \lambda_{inter}\,\text{inter}
 
     A component with no values (one segment: no inter) is dropped and the remaining weights
     renormalise; a lone component is returned as is. Segments without frames count 0.0 in the local
-    mean and are skipped, not bridged, in the comparisons (no pair skips over them).
+    mean and are skipped, not bridged, in the comparisons (no pair skips over them). The anchor
+    :math:`k_0` is the first segment that has frames (segment 0 unless it is empty), as in the
+    official code.
 
     Args:
         segment_features: one ``(K_k, D)`` tensor per segment (``K_k`` may be 0).
@@ -199,7 +207,8 @@ def consistency_score(
     row = {k: i for i, k in enumerate(representatives)}
     rep_sim = similarity_matrix(torch.stack(list(representatives.values()))) if representatives else None
     adjacent = [float(rep_sim[row[k], row[k + 1]]) for k in range(n - 1) if k in row and k + 1 in row]
-    anchor = [float(rep_sim[row[0], row[k]]) for k in range(1, n) if 0 in row and k in row]
+    first = next(iter(representatives), None)  # the anchor: the first segment that has frames
+    anchor = [float(rep_sim[row[first], row[k]]) for k in range(first + 1, n) if k in row] if first is not None else []
     inter_adjacent = percentile_linear(adjacent, inter_quantile) if adjacent else None
     inter_anchor = percentile_linear(anchor, inter_quantile) if anchor else None
     inter = _combine([(inter_adjacent, inter_adjacent_weight), (inter_anchor, inter_anchor_weight)])
@@ -212,6 +221,7 @@ def consistency_score(
         "local": local,
         "inter_adjacent": inter_adjacent,
         "inter_anchor": inter_anchor,
+        "inter_anchor_segment": first,
         "inter": inter,
         "inter_adjacent_similarities": adjacent,
         "inter_anchor_similarities": anchor,

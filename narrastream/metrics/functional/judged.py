@@ -44,9 +44,21 @@ def grounding_segment_score(presence: Sequence[float], attribute_match: Sequence
 
 def vlm_score(segment_scores: Sequence[float], overall: float, weights: Sequence[float],
               segment_weight: float = 0.8, overall_weight: float = 0.2) -> float:
-    """``segment_weight x weighted mean(segment scores) + overall_weight x overall`` (all on [0, 1]).
+    """The weighted mean of the two components: ``(a x weighted mean(segment scores) + b x overall) / (a + b)``.
 
-    >>> round(vlm_score([1.0, 0.5], 0.25, [3, 1]), 6)  # 0.8 * 0.875 + 0.2 * 0.25
+    ``a = segment_weight``, ``b = overall_weight``; as in the official code a component whose weight
+    is not positive is left out, and the remaining weights are divided by their sum, so the score stays
+    on [0, 1] whatever the weights add up to (0.8 / 0.4 with both components at 0.5 gives 0.5).
+
+    >>> round(vlm_score([1.0, 0.5], 0.25, [3, 1]), 6)  # (0.8 * 0.875 + 0.2 * 0.25) / 1.0
     0.75
+    >>> round(vlm_score([0.5], 0.5, [1], segment_weight=0.8, overall_weight=0.4), 6)
+    0.5
     """
-    return segment_weight * weighted_mean(segment_scores, weights) + overall_weight * float(overall)
+    candidates = [(weighted_mean(segment_scores, weights), float(segment_weight)),
+                  (float(overall), float(overall_weight))]
+    components = [(value, weight) for value, weight in candidates if weight > 0]
+    if not components:
+        raise ValueError(f"vlm_score needs a positive segment_weight or overall_weight, got {segment_weight} "
+                         f"and {overall_weight}")
+    return sum(v * w for v, w in components) / sum(w for _, w in components)

@@ -47,7 +47,8 @@ class DynamicTrajectory(Metric):
 
     name = "dynamic_trajectory"
     dimension: ClassVar[str] = "instruction"
-    version: ClassVar[str] = "v1_transition_selectivity_noflip"
+    #: the official cache_version; ``_r2``: text cleaned as the official tokenizer (ftfy) before BPE
+    version: ClassVar[str] = "v1_transition_selectivity_noflip_r2"
     backbones = ("languagebind_video",)
     required_params: ClassVar[tuple[str, ...]] = REQUIRED_PARAMS
 

@@ -2,8 +2,9 @@
 
 One request per video: every prompt (numbered from 1) and, per segment, 5 key frames
 ``round(i (n-1)/4)`` in temporal order. The answer ``{"segment_scores": [N], "overall_score": x}``
-on 1..100 is divided by 100 and clipped; ``score = 0.8 x planner-weighted mean(segment scores)
-+ 0.2 x overall`` (uniform weights, recorded, without planner weights).
+on 1..100 is divided by 100 and clipped; ``score = (0.8 x planner-weighted mean(segment scores)
++ 0.2 x overall) / (0.8 + 0.2)`` (uniform weights, recorded, without planner weights; the division by
+the weight sum is the official rule and matters only when the weights do not add up to 1).
 
 Departures from the official evaluator, by decision (docs/protocol.md): a failed request (judge
 unreachable, or no valid answer after the re-asks; there is no "legacy" bare-number parse) makes
@@ -31,7 +32,8 @@ class VlmScore(JudgedMetric):
 
     name = "vlm_score"
     dimension: ClassVar[str] = "instruction"
-    version: ClassVar[str] = f"v1_{TEMPLATES['vlm_score'].replace('/', '_')}"
+    #: ``v2``: the two components are divided by their weight sum, as the official
+    version: ClassVar[str] = f"v2_{TEMPLATES['vlm_score'].replace('/', '_')}"
     required_params: ClassVar[tuple[str, ...]] = ("frames_per_segment", "segment_weight", "overall_weight")
 
     def _prepare(self, video: "SegmentedVideo", ctx: MetricContext) -> Any:

@@ -31,7 +31,8 @@ class ConsistencyMetric(Metric):
     """Local (within-segment) plus inter-segment feature consistency of positionally sampled frames."""
 
     dimension: ClassVar[str] = "quality"
-    version: ClassVar[str] = "v2_local_p25_inter_medoid"
+    #: the official cache_version; ``_r2``: exact medoid ties, anchor on the first segment with frames
+    version: ClassVar[str] = "v2_local_p25_inter_medoid_r2"
     required_params: ClassVar[tuple[str, ...]] = REQUIRED_PARAMS
 
     def compute(self, video: "SegmentedVideo", ctx: MetricContext) -> MetricResult:
