@@ -3,6 +3,8 @@ original-Wan state-dict naming, RoPE, SMA routing and the soft-prompt cross-atte
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -238,6 +240,36 @@ def test_cross_attention_blend(model: CausalWanTransformer) -> None:
     torch.testing.assert_close(run(cache, None), out_new, atol=1e-6, rtol=1e-6)
     with pytest.raises(RuntimeError, match="no previous prompt"):
         run(cache, None, 0.5)
+
+
+@torch.no_grad()
+def test_activations_follow_the_weights_dtype_like_the_released_models(model: CausalWanTransformer) -> None:
+    """Self-Forcing/LongLive/MemFlow/IAMFlow's causal models comment their fp32 autocast out and cast the
+    whole model to bf16: residual stream, modulation and time embedding in bf16 (``residual_dtype=None``).
+    ``residual_dtype="float32"`` keeps them in float32 (Wan2.1's autocast regions)."""
+    x, _, ctx = _inputs(1, seed=8)
+    outs, seen = {}, {}
+    for residual in (None, "float32"):
+        m = CausalWanTransformer(dataclasses.replace(CFG, residual_dtype=residual))
+        m.load_state_dict(model.state_dict())
+        m = m.to(torch.bfloat16).eval()
+        streams: list[torch.dtype] = []
+        hooks = [blk.register_forward_hook(lambda _m, _a, out: streams.append(out.dtype)) for blk in m.blocks]
+        e, e0 = m._time(500.0, 1, BLOCK, x.device)
+        outs[residual] = m(x[:, :, :BLOCK], 500.0, ctx, start_frame=0, cache=m.new_cache(1, H, W))
+        for hook in hooks:
+            hook.remove()
+        seen[residual] = (m.residual_dtype, set(streams), e.dtype, e0.dtype, outs[residual].dtype)
+    assert seen[None] == (torch.bfloat16, {torch.bfloat16}, torch.bfloat16, torch.bfloat16, torch.float32)
+    assert seen["float32"] == (torch.float32, {torch.float32}, torch.float32, torch.float32, torch.float32)
+    reference = model(x[:, :, :BLOCK], 500.0, ctx, start_frame=0, cache=model.new_cache(1, H, W))
+    for out in outs.values():  # both near the float32 model: bf16 rounding through 2 layers, not a bug
+        torch.testing.assert_close(out, reference, atol=0.1, rtol=0.05)
+    # with float32 weights the two settings are the same operations: bit-identical
+    fp32 = CausalWanTransformer(dataclasses.replace(CFG, residual_dtype="float32"))
+    fp32.load_state_dict(model.state_dict())
+    again = fp32.eval()(x[:, :, :BLOCK], 500.0, ctx, start_frame=0, cache=fp32.new_cache(1, H, W))
+    assert model.residual_dtype == torch.float32 and torch.equal(again, reference)
 
 
 EXPECTED_KEYS_BLOCK = {
