@@ -147,6 +147,7 @@ def test_fp8_linear_cpu_forward_matches_dequantized_and_warns_once(dtype, caplog
         y1 = module(x)
         y2 = module(x)
     expected = F.linear(x, dequantize_weight(module.weight, module.weight_scale, dtype), module.bias.to(dtype))
+    # the CPU path IS F.linear on the dequantized weight: the same operations on the same shapes
     assert y1.dtype == dtype and torch.equal(y1, expected) and torch.equal(y2, expected)
     warnings = [r for r in caplog.records if r.name == fp8.__name__ and r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "dequantized" in warnings[0].getMessage()
@@ -251,6 +252,7 @@ def test_fp8_checkpoint_roundtrip(tmp_path, prefix, fresh_warning):
     assert all(type(target.get_submodule(n)) is nn.Linear for n in FFN_NAMES)
     target.to(torch.bfloat16)
     x, ctx = _inputs(torch.bfloat16)
+    # load_state_dict copies the file's bits into the model's own tensors: the same operations on the same shapes
     assert torch.equal(target(x, ctx), source(x, ctx))
 
     wrapped = Wrapper(_model(99))  # a wrapper-shaped model takes both key styles too

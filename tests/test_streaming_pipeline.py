@@ -209,3 +209,142 @@ def test_sidecar_facts_from_the_adapter(tmp_path):
     for key in ("end_to_end", "loop", "core_dit", "method_overhead", "output_decode"):
         assert key in video.timings
     json.dumps(video.extra)  # the sidecar must serialise
+
+
+# ----- LongLive's KV re-cache: the release's one forward (default) and ours block by block ----------------
+RECACHE_POLICY = CachePolicy.sink(12, 3, sma=False)  # the released LongLive cache: sink 3, 12 frames
+
+
+def _committed_stream(dit, frames: int, context: torch.Tensor, block: int = 3):
+    """A cache holding ``frames`` seeded clean latent frames committed block by block under ``context``."""
+    latents = torch.randn(1, dit.cfg.in_dim, frames, 4, 4, generator=torch.Generator().manual_seed(3))
+    cache = dit.new_cache(1, 4, 4, RECACHE_POLICY)
+    with torch.inference_mode():
+        for start in range(0, frames, block):
+            dit(latents[:, :, start:start + block], 0.0, context, start_frame=start, cache=cache, commit=True)
+    return cache, latents
+
+
+def _recache(parts, cache, latents, context, start: int, mode: str) -> None:
+    dit = parts[0]
+    pipeline = StreamingWanPipeline(dit, None, None, StreamingSpec(cache=RECACHE_POLICY, transition="kv_recache",
+                                                                   recache=mode, block_frames=3))
+    cache.cross_attn.reset()
+    with torch.inference_mode():
+        pipeline._recache(cache, None, latents, context, start)
+
+
+def _contexts(dit):
+    g = torch.Generator().manual_seed(4)
+    return torch.randn(1, 5, dit.cfg.text_dim, generator=g), torch.randn(1, 5, dit.cfg.text_dim, generator=g)
+
+
+def test_release_recache_ranges():
+    """The frames NVlabs/LongLive's switch re-runs (the last min(12, start)) and those whose K/V it writes:
+    its sink protection is on only when that range does not start at frame 0."""
+    from narrastream.streaming.transition import KvRecachePolicy
+
+    policy = KvRecachePolicy(max_frames=12)
+    assert [policy.rewritten_range(s, 3) for s in (39, 15, 13, 12, 9, 2)] == [
+        (30, 39), (6, 15), (4, 13), (0, 12), (0, 9), (0, 2)]
+    assert policy.rewritten_range(39, 0) == (27, 39)  # no sink (rolling cache): the whole range
+    assert KvRecachePolicy(max_frames=None).rewritten_range(39, 3) == (0, 39)  # global attention
+
+
+def test_one_forward_recache_from_frame_zero_equals_a_bidirectional_recompute(parts):
+    """While the stream fits in the window (switch at 9 <= 12 frames) the release rewrites every frame,
+    the sink included, in one forward where all of them see each other: the cached K/V then equal those
+    of a full (uncached) forward of the 9 frames under the new prompt with no mask."""
+    dit = parts[0]
+    old, new = _contexts(dit)
+    cache, latents = _committed_stream(dit, 9, old)
+    sink_before = cache.self_attn.k_sink.clone()
+    _recache(parts, cache, latents, new, 9, "one_forward")
+    assert cache.self_attn.stored_frames() == list(range(9)) and cache.self_attn.end_frame == 9
+    got_k, got_v = cache.self_attn.export_frames(list(range(9)))
+
+    recorded = []
+    originals = [blk.self_attn.key_value for blk in dit.blocks]
+
+    def recording(original):
+        def key_value(h):
+            k, v = original(h)
+            recorded.append((dit.rope.apply(k, 0, (9, 2, 2)), v))
+            return k, v
+        return key_value
+
+    try:
+        for blk, original in zip(dit.blocks, originals):
+            blk.self_attn.key_value = recording(original)
+        with torch.inference_mode():
+            dit.forward_full(latents, 0.0, new, block_frames=9, policy=CachePolicy.rolling(9))
+    finally:
+        for blk in dit.blocks:
+            del blk.self_attn.key_value
+    want_k = torch.stack([k for k, _ in recorded])
+    want_v = torch.stack([v for _, v in recorded])
+    # the same arithmetic through two attention paths (cache concat vs masked full SDPA): float32 rounding
+    torch.testing.assert_close(got_k, want_k, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_v, want_v, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(cache.self_attn.k_sink, sink_before, atol=1e-4)  # the sink was re-encoded
+
+    per_block, _ = _committed_stream(dit, 9, old)
+    _recache(parts, per_block, latents, new, 9, "per_block")
+    assert torch.equal(per_block.self_attn.k_sink, sink_before)  # ours keeps the sink (never written)
+
+
+def test_one_forward_recache_keeps_the_sink_and_lets_the_window_see_itself(parts):
+    """Past the window (switch at 18 > 12) the release rewrites the 9 local frames [9, 18), the sink
+    protected, and each of them sees all the others: a later frame's latent changes an earlier frame's
+    re-cached K/V. Block by block (ours), frame 9 only sees its own block and the sink."""
+    import copy
+
+    dit = parts[0]
+    old, new = _contexts(dit)
+    cache, latents = _committed_stream(dit, 18, old)
+    kv = cache.self_attn
+    assert kv.stored_frames() == [0, 1, 2, *range(9, 18)]
+    later = latents.clone()
+    later[:, :, 17] += 1.0  # the last frame of the window
+    k9 = {}
+    for mode in ("one_forward", "per_block"):
+        for name, source in (("same", latents), ("later", later)):
+            c = copy.deepcopy(cache)
+            _recache(parts, c, source, new, 18, mode)
+            assert c.self_attn.stored_frames() == kv.stored_frames() and c.self_attn.end_frame == 18
+            assert torch.equal(c.self_attn.k_sink, kv.k_sink) and torch.equal(c.self_attn.v_sink, kv.v_sink)
+            assert not torch.allclose(c.self_attn.k_ring, kv.k_ring, atol=1e-4)  # the window was rewritten
+            k9[mode, name] = c.self_attn.frame_kv(dit.cfg.num_layers - 1, 9)[0].clone()
+    assert not torch.allclose(k9["one_forward", "same"], k9["one_forward", "later"], atol=1e-6)
+    # block by block, frame 9's computation never reads frame 17: the same operations on the same inputs
+    assert torch.equal(k9["per_block", "same"], k9["per_block", "later"])
+    assert not torch.allclose(k9["one_forward", "same"], k9["per_block", "same"], atol=1e-6)
+
+
+def test_recache_modes_in_the_pipeline_and_the_configs(parts):
+    one = run(parts, spec(transition="kv_recache"))
+    per_block = run(parts, spec(transition="kv_recache", recache="per_block"))
+    assert one.details["recache"] == "one_forward" and per_block.details["recache"] == "per_block"
+    start = 5  # pixel frame where prompt 1 starts: before it both runs do the same operations
+    assert np.array_equal(one.frames[:start], per_block.frames[:start])
+    assert not np.array_equal(one.frames, per_block.frames)
+    assert "recache" not in run(parts, spec(transition="hard")).details
+    for model in ("longlive", "memflow"):
+        params = compose_config([f"model={model}"])["model"]["params"]
+        assert StreamingSpec.from_config(params).recache == "one_forward"  # the release by default
+    params["transition"]["recache"] = "per_block"
+    assert StreamingSpec.from_config(params).recache == "per_block"
+    with pytest.raises(ValueError, match="transition.recache='both'"):
+        StreamingSpec(transition="kv_recache", recache="both")
+
+
+def test_model_configs_run_activations_in_the_weights_dtype():
+    """bf16 residuals by default, as the released causal models (no autocast); float32 on request."""
+    from narrastream.streaming.wan_model import WanConfig
+
+    for model in ("self_forcing", "longlive", "memflow", "iamflow_backbone", "iamflow"):
+        params = compose_config([f"model={model}"])["model"]["params"]
+        assert params["dtype"] == "bfloat16" and params["architecture"] == {"residual_dtype": None}
+    assert WanConfig(residual_dtype="float32").residual_dtype == "float32"
+    with pytest.raises(ValueError, match="residual_dtype='bfloat16'"):
+        WanConfig(residual_dtype="bfloat16")

@@ -160,7 +160,18 @@ def test_from_diffusers_layout_roundtrip(tiny_t5, tmp_path):
     tiny_t5.model.save_pretrained(tmp_path / "text_encoder")
     tiny_t5.tokenizer.save_pretrained(tmp_path / "tokenizer")
     loaded = UMT5TextEncoder.from_diffusers_layout(tmp_path, dtype=torch.float32)
-    assert torch.equal(loaded.encode(PROMPTS), tiny_t5.encode(PROMPTS))
+    _assert_same_encoder(loaded, tiny_t5)
+
+
+def _assert_same_encoder(loaded: UMT5TextEncoder, reference: UMT5TextEncoder) -> None:
+    """A loader must reproduce the weights bit for bit; that is checked exactly. The encodings are compared
+    with a tolerance: loaded weights may stay memory-mapped (other addresses and alignment), and BLAS
+    kernels may then take another code path on some CPUs, so equal weights need not give equal bits."""
+    want = reference.model.state_dict()
+    got = loaded.model.state_dict()
+    assert sorted(got) == sorted(want)
+    assert all(got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]) for k in want)
+    torch.testing.assert_close(loaded.encode(PROMPTS), reference.encode(PROMPTS), atol=1e-6, rtol=1e-5)
 
 
 def test_from_diffusers_layout_missing_folder(tmp_path):
@@ -174,7 +185,7 @@ def test_from_original_gives_identical_outputs(tiny_t5, tmp_path):
     tiny_t5.tokenizer.save_pretrained(tmp_path / "tok")
     loaded = UMT5TextEncoder.from_original(pth, tmp_path / "tok", tiny_t5.model.config, dtype=torch.float32)
     assert loaded.model.shared.weight is loaded.model.encoder.embed_tokens.weight
-    assert torch.equal(loaded.encode(PROMPTS), tiny_t5.encode(PROMPTS))
+    _assert_same_encoder(loaded, tiny_t5)
 
 
 def test_from_original_names_missing_and_unknown_keys(tiny_t5, tmp_path):
@@ -236,6 +247,7 @@ def test_streaming_equals_whole_decode(tiny_vae, latents, whole_decode):
     dec = StreamingWanDecoder(tiny_vae)
     parts = [dec.decode_chunk(latents[:, :, a:b]) for a, b in ((0, 1), (1, 4), (4, 7))]
     assert [p.shape[2] for p in parts] == [1, 12, 12]
+    # chunked vs whole decode: other convolution shapes, so other kernels (they differ by CPU): a tolerance
     torch.testing.assert_close(torch.cat(parts, dim=2), whole_decode, atol=1e-5, rtol=0)
     # Without the carried caches the last chunk would decode differently (and to 1 + 4*2 frames).
     alone = StreamingWanDecoder(tiny_vae).decode_chunk(latents[:, :, 4:7])
@@ -247,12 +259,17 @@ def test_decode_video_and_reset_are_repeatable(tiny_vae, latents, whole_decode):
     first = dec.decode_video(latents, chunk_frames=3)  # chunks of 3, 3, 1 latent frames
     assert dec.latent_frames_decoded == LATENT_FRAMES
     second = dec.decode_video(latents, chunk_frames=3)  # decode_video resets first
-    assert torch.equal(first, second)
+    assert torch.equal(first, second)  # the same chunks twice: the same operations on the same shapes
+    # chunked vs whole decode: other convolution shapes, so other kernels (they differ by CPU): a tolerance
     torch.testing.assert_close(first, whole_decode, atol=1e-5, rtol=0)
     # A chunk decoded after a video, without reset, continues that video: 4 frames, not 1.
     assert dec.decode_chunk(latents[:, :, :1]).shape[2] == 4
     dec.reset()
-    assert torch.equal(dec.decode_chunk(latents[:, :, :1]), whole_decode[:, :, :1])
+    after_reset = dec.decode_chunk(latents[:, :, :1])
+    # after reset, exactly what a fresh decoder gives for its first chunk (same operations, same shapes) ...
+    assert torch.equal(after_reset, StreamingWanDecoder(tiny_vae).decode_chunk(latents[:, :, :1]))
+    # ... which is the whole decode's first frame up to the kernels' rounding (a 1-frame vs a 7-frame decode)
+    torch.testing.assert_close(after_reset, whole_decode[:, :, :1], atol=1e-5, rtol=0)
 
 
 def test_denormalize_uses_config_mean_and_std(tiny_vae):

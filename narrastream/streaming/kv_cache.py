@@ -130,15 +130,20 @@ class SelfAttentionKVCache:
         return into_sink, num_frames - into_sink
 
     def check_block(self, start_frame: int, num_frames: int) -> None:
-        """A block must continue the committed stream and fit in the local window."""
+        """A block must continue the committed stream, and its non-sink frames fit in the local window.
+
+        Frames that fill the sink do not count: LongLive's one-forward re-cache of a stream that still
+        fits in the window (up to ``local_attn_size`` frames from frame 0) is one such block."""
         if self.end_frame is not None and start_frame != self.end_frame:
             raise ValueError(
                 f"block starts at latent frame {start_frame} but the cache ends at frame {self.end_frame}; "
                 "blocks must be committed in order (reset() the cache to start a new stream)"
             )
-        if num_frames > self.policy.local_budget:
+        into_sink, into_ring = self._split_block(num_frames)
+        if into_ring > self.policy.local_budget:
             raise ValueError(
-                f"a block of {num_frames} frames exceeds the local window of {self.policy.local_budget} frames"
+                f"a block of {num_frames} frames ({into_sink} into the sink) exceeds the local window of "
+                f"{self.policy.local_budget} frames"
             )
 
     def _ring_slots(self, first: int, count: int) -> list[tuple[int, int]]:

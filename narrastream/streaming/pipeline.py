@@ -5,8 +5,9 @@ Per block of ``block_frames`` latent frames (``switches.plan_switches`` says whi
 1. at a prompt switch, the transition policy acts: ``hard`` drops the old prompt's cross-attention
    K/V; ``soft`` (IAMFlow's SPT) keeps them and blends old and new with the adaptive alpha ramp of
    :mod:`~narrastream.streaming.transition`; ``kv_recache`` (LongLive) drops them and commits the
-   local window's clean latents again under the new prompt (the sink is kept); then the memory policy
-   sees the new prompt;
+   local window's clean latents again under the new prompt: ``recache="one_forward"`` (the release)
+   in one forward in which the window's frames see each other, ``"per_block"`` block by block
+   (:meth:`StreamingWanPipeline._recache`); then the memory policy sees the new prompt;
 2. four denoising forwards (few-step flow matching, fresh seeded noise between steps) give the clean
    block; a fifth forward at t = 0 commits its K/V to the cache (the context pass);
 3. the VAE decodes the block at once (streaming decode, causal caches carried), so 240 latent frames
@@ -34,7 +35,13 @@ from narrastream.streaming.kv_cache import CachePolicy
 from narrastream.streaming.memory import MemoryAgent, StreamState, build_memory
 from narrastream.streaming.sampler import CONTEXT_TIMESTEP, FewStepSampler, draw_noise, warp_denoising_steps
 from narrastream.streaming.switches import SwitchPlan, plan_switches
-from narrastream.streaming.transition import SoftTransition, SptConfig, semantic_distance
+from narrastream.streaming.transition import (
+    RECACHE_MODES,
+    KvRecachePolicy,
+    SoftTransition,
+    SptConfig,
+    semantic_distance,
+)
 from narrastream.streaming.vae import to_uint8_frames
 from narrastream.streaming.wan_model import CausalWanTransformer
 
@@ -48,6 +55,7 @@ class StreamingSpec:
 
     cache: CachePolicy = field(default_factory=CachePolicy)
     transition: str = "soft"
+    recache: str = "one_forward"  # kv_recache only: the release's one forward, or ours block by block
     spt: SptConfig = field(default_factory=SptConfig)
     memory: str = "none"
     bank_size: int = 0
@@ -58,6 +66,8 @@ class StreamingSpec:
     def __post_init__(self) -> None:
         if self.transition not in TRANSITIONS:
             raise ValueError(f"transition policy {self.transition!r}: expected one of {', '.join(TRANSITIONS)}")
+        if self.recache not in RECACHE_MODES:
+            raise ValueError(f"transition.recache={self.recache!r}: expected one of {', '.join(RECACHE_MODES)}")
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "StreamingSpec":
@@ -68,9 +78,10 @@ class StreamingSpec:
             else CachePolicy.sink(**cache)
         transition = dict(cfg.get("transition") or {})
         memory = dict(cfg.get("memory") or {})
-        spt = {k: v for k, v in transition.items() if k != "policy"}
+        spt = {k: v for k, v in transition.items() if k not in ("policy", "recache")}
         spt.setdefault("frames_per_block", int(cfg.get("block_frames", 3)))
-        return cls(cache=policy, transition=str(transition.get("policy", "soft")), spt=SptConfig(**spt),
+        return cls(cache=policy, transition=str(transition.get("policy", "soft")),
+                   recache=str(transition.get("recache", "one_forward")), spt=SptConfig(**spt),
                    memory=str(memory.get("policy", "none")), bank_size=int(memory.get("bank_size", 0)),
                    record_interval=int(memory.get("record_interval", 3)),
                    block_frames=int(cfg.get("block_frames", 3)),
@@ -205,7 +216,10 @@ class StreamingWanPipeline:
         peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         details = {"prompt_distances": distances, "dit_forwards": plan.num_blocks * (len(self.timesteps) + 1),
-                   "num_blocks": plan.num_blocks}
+                   "num_blocks": plan.num_blocks,
+                   "residual_dtype": str(dit.residual_dtype).removeprefix("torch.")}
+        if spec.transition == "kv_recache":
+            details["recache"] = spec.recache
         return StreamResult(frames=video, plan=plan, timings=timings, peak_memory_bytes=int(peak), details=details)
 
     def _switch(self, cache: Any, bank: Any, contexts: torch.Tensor, previous: int, prompt: int, start: int,
@@ -221,19 +235,47 @@ class StreamingWanPipeline:
             transition = SoftTransition(spec.spt)
             transition.start(distance)
             return transition
-        # kv_recache: commit the local window's clean latents again, under the new prompt
-        kv = cache.self_attn
-        local = kv.local_frames()
         cache.cross_attn.reset()
-        if local:
-            with clock.section("recache"), clock.section("dit"):
+        with clock.section("recache"), clock.section("dit"):
+            self._recache(cache, bank, latents, contexts[prompt:prompt + 1], start)
+        return None
+
+    def _recache(self, cache: Any, bank: Any, latents: torch.Tensor, context: torch.Tensor, start: int) -> None:
+        """LongLive's KV re-cache at a switch at latent frame ``start``: the cached frames' clean latents
+        are committed again at t = 0 under the new prompt (``context``); the caller resets the
+        cross-attention cache first.
+
+        ``one_forward`` (the release, :meth:`KvRecachePolicy.rewritten_range`): the frames the release
+        rewrites go through ONE forward, each seeing the stored sink and all of them, later frames
+        included; when the stream still fits in the window (``start <= local_attn_size``) that is every
+        frame, the sink included. ``per_block``: the local frames are rewound and committed again block
+        by block, each block seeing the blocks before it, as when first generated; the sink is kept.
+        """
+        kv = cache.self_attn
+        if kv.first_frame is None:
+            return
+        if self.spec.recache == "per_block":
+            local = kv.local_frames()
+            if local:
                 kv.rewind(local[0])
-                context = contexts[prompt:prompt + 1]
-                for first in range(local[0], start, spec.block_frames):
-                    count = min(spec.block_frames, start - first)
+                for first in range(local[0], start, self.spec.block_frames):
+                    count = min(self.spec.block_frames, start - first)
                     self.dit(latents[:, :, first:first + count], CONTEXT_TIMESTEP, context, start_frame=first,
                              cache=cache, bank=bank, commit=True)
-        return None
+            return
+        policy = kv.policy
+        first_frame = kv.first_frame
+        first = first_frame + KvRecachePolicy(max_frames=policy.local_attn_size).rewritten_range(
+            start - first_frame, policy.sink_size)[0]
+        if first == first_frame:  # the whole stream fits in the window: the sink is rewritten too
+            kv.reset()
+        else:
+            if first != kv.local_frames()[0] or kv.sink_count != policy.sink_size:
+                raise RuntimeError(f"re-cache at frame {start}: the cache holds {kv.stored_frames()}, not the sink "
+                                   f"and the frames [{first}, {start}) the release rewrites")
+            kv.rewind(first)
+        self.dit(latents[:, :, first:start], CONTEXT_TIMESTEP, context, start_frame=first, cache=cache, bank=bank,
+                 commit=True)
 
 
 def _hook(memory: Any, name: str, state: StreamState) -> None:

@@ -216,8 +216,10 @@ class TransitionPolicy(str, enum.Enum):
     - HARD: switch immediately (alpha None); keep the self-attention cache, recompute only the
       cross-attention K/V from the new prompt (released ``no_transition``).
     - KV_RECACHE: LongLive; re-run the DiT at t = 0 over the last min(12, current_start) clean latent
-      frames with the new prompt to rewrite the local window's K/V (the sink is protected, pointers
-      are not advanced), resetting the cross-attention cache before and after.
+      frames with the new prompt, in ONE forward in which they all see each other and the sink, to
+      rewrite the local window's K/V (the sink is protected unless that range starts at frame 0;
+      pointers are not advanced), resetting the cross-attention cache before and after
+      (:meth:`KvRecachePolicy.rewritten_range`).
     """
 
     SOFT = "soft_prompt_transition"
@@ -245,9 +247,22 @@ def parse_transition_policy(name: str) -> TransitionPolicy:
     return _POLICY_ALIASES[key]
 
 
+RECACHE_MODES: tuple[str, ...] = ("one_forward", "per_block")
+
+
 @dataclass(frozen=True)
 class KvRecachePolicy:
-    """Frames-to-recache arithmetic of LongLive's switch. ``max_frames=None`` means global attention."""
+    """Frames-to-recache arithmetic of LongLive's switch. ``max_frames=None`` means global attention.
+
+    Facts of the release (NVlabs/LongLive ``InteractiveCausalInferencePipeline._recache_after_switch``
+    and ``CausalWanSelfAttention``, ``global_sink: true``, ``context_noise: 0``): the clean latents of
+    :meth:`recache_range` go through the DiT in one forward at t = 0 under the new prompt, whose
+    cross-attention cache is reset before and after. The KV-cached attention has no mask, so each of
+    these frames attends to the stored sink and to the new K/V of every rewritten frame, later ones
+    included. The forward counts as a recompute (the sink is protected: its first ``sink_size`` frames
+    are queries whose K/V are dropped) only when the range does not start at frame 0; from frame 0
+    every frame, the sink included, is rewritten. :meth:`rewritten_range` gives the frames written.
+    """
 
     max_frames: int | None = RECACHE_MAX_FRAMES
     global_sink: bool = True  # keep (do not zero) the cache before the recompute, so the sink survives
@@ -261,6 +276,15 @@ class KvRecachePolicy:
     def recache_range(self, current_start: int) -> tuple[int, int]:
         """Latent frame range [start, end) of clean frames to re-run at t = 0."""
         return current_start - self.frames_to_recache(current_start), current_start
+
+    def rewritten_range(self, current_start: int, sink_size: int) -> tuple[int, int]:
+        """Frames [start, end) whose K/V the one-forward re-cache rewrites: the whole range when it starts
+        at frame 0 (sink included), else the range less its first ``sink_size`` frames (sink protected).
+
+        The dropped frames are queries only (no frame attends to their new K/V), so running the
+        rewritten frames alone gives the same K/V: [27, 39) at a switch at 39 rewrites [30, 39)."""
+        start, end = self.recache_range(current_start)
+        return (start, end) if start == 0 else (min(start + sink_size, end), end)
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,19 @@ the cache policy enables it.
 
 ``forward_full`` recomputes a whole sequence of blocks in one pass with a block-causal mask giving every
 block the same sink/window visibility; it is the reference the streaming path is tested against.
-Timestep ``t`` is in [0, 1000]; the output is the flow prediction (epsilon - x0) in float32.
+Timestep ``t`` is in [0, 1000]; the output is the flow prediction (epsilon - x0), returned in float32.
 Inference only: cache writes are in place and not tracked by autograd.
+
+Precision (``WanConfig.residual_dtype``)
+----------------------------------------
+The released causal models (Self-Forcing's and LongLive's ``causal_model.py``, with MemFlow and
+IAMFlow built on them) run without autocast: their ``amp.autocast(float32)`` regions are commented out
+and the whole model is cast to bf16, so the residual stream, the modulation, the time embedding and the
+head run in the weights' dtype; only the q/k RMS norms (float32, then cast back), RoPE (float64) and the
+sinusoid (float64) run wider. ``residual_dtype=None`` (the default) does the same: activations follow the
+weights. ``residual_dtype="float32"`` keeps the residual stream, norms, modulation, time embedding and head
+input in float32 with the linears in the weights' dtype, as original Wan2.1 runs under its autocast
+(docs/streaming.md gives the measured difference). With float32 weights both are the same computation.
 """
 
 from __future__ import annotations
@@ -56,6 +67,7 @@ from .rope import Rope3D
 logger = logging.getLogger(__name__)
 
 SINUSOID_BASE = 10000.0  # Wan's sinusoidal timestep embedding base
+RESIDUAL_DTYPES = (None, "float32")
 
 
 @dataclass(frozen=True)
@@ -75,10 +87,14 @@ class WanConfig:
     qk_norm: bool = True
     cross_attn_norm: bool = True
     eps: float = 1e-6
+    residual_dtype: str | None = None  # None: the weights' dtype (the released causal models); "float32"
 
     def __post_init__(self) -> None:
         if self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
             raise ValueError(f"dim {self.dim} must split into {self.num_heads} heads of even size")
+        if self.residual_dtype not in RESIDUAL_DTYPES:
+            raise ValueError(f"residual_dtype={self.residual_dtype!r}: expected null (the weights' dtype, as the "
+                             "released causal models) or 'float32' (Wan2.1's autocast regions)")
 
     @property
     def head_dim(self) -> int:
@@ -93,16 +109,17 @@ class WanConfig:
 
 # ----- building blocks (parameter names follow the Wan checkpoints) --------------------------------------
 def _linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Run a linear in its compute dtype (the residual stream stays float32, as under Wan's autocast).
+    """Run a linear in its compute dtype, whatever the residual stream's dtype.
 
     An FP8 linear (:class:`narrastream.streaming.fp8.FP8Linear`) stores float8 weights but computes in
     its ``compute_dtype`` (bf16); a plain ``nn.Linear`` computes in its weight dtype."""
     return layer(x.to(getattr(layer, "compute_dtype", layer.weight.dtype)))
 
 
-def _linear_f32(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """Time-embedding MLPs run in float32 whatever the weight dtype (Wan forces fp32 there)."""
-    return F.linear(x.float(), layer.weight.float(), layer.bias.float())
+def _linear_as(layer: nn.Linear, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A linear computed in ``dtype``: the time-embedding MLPs run in the residual dtype (bf16 in the
+    releases, float32 under Wan's autocast)."""
+    return F.linear(x.to(dtype), layer.weight.to(dtype), layer.bias.to(dtype))
 
 
 class WanRMSNorm(nn.Module):
@@ -180,16 +197,19 @@ class WanAttentionBlock(nn.Module):
         attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],  # (q, k, v) after RoPE
         cross_kv: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
-        """x [B, F*T, dim] float32; e0 [B, F, 6, dim] per-frame modulation (float32)."""
-        frames = e0.shape[1]
-        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float().unsqueeze(1) + e0).unbind(2)
+        """x [B, F*T, dim] in the residual dtype; e0 [B, F, 6, dim] per-frame modulation (same dtype).
+
+        Norms compute in float32 and return the residual dtype; modulation, gates and residual adds
+        run in the residual dtype (bf16 in the releases: their autocast is commented out)."""
+        frames, dtype = e0.shape[1], x.dtype
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.to(dtype).unsqueeze(1) + e0).unbind(2)
 
         def modulate(h: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-            h = h.unflatten(1, (frames, -1))
+            h = h.to(dtype).unflatten(1, (frames, -1))
             return (h * (1 + scale.unsqueeze(2)) + shift.unsqueeze(2)).flatten(1, 2)
 
         def gated(y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-            return (y.float().unflatten(1, (frames, -1)) * gate.unsqueeze(2)).flatten(1, 2)
+            return (y.to(dtype).unflatten(1, (frames, -1)) * gate.unsqueeze(2)).flatten(1, 2)
 
         h = modulate(self.norm1(x), shift1, scale1)
         q = rope(self.self_attn.query(h))
@@ -197,8 +217,8 @@ class WanAttentionBlock(nn.Module):
         y = attend(q, rope(k), v)
         x = x + gated(self.self_attn.out(y), gate1)
 
-        q = self.cross_attn.query(self.norm3(x))
-        x = x + self.cross_attn.out(_sdpa(q, cross_kv[0].transpose(1, 2), cross_kv[1].transpose(1, 2))).float()
+        q = self.cross_attn.query(self.norm3(x).to(dtype))
+        x = x + self.cross_attn.out(_sdpa(q, cross_kv[0].transpose(1, 2), cross_kv[1].transpose(1, 2))).to(dtype)
 
         h = modulate(self.norm2(x), shift2, scale2)
         y = _linear(self.ffn[2], self.ffn[1](_linear(self.ffn[0], h)))
@@ -213,9 +233,9 @@ class WanHead(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)  # shift, scale
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        """x [B, F*T, dim]; e [B, F, dim] (time embedding, before the projection)."""
-        shift, scale = (self.modulation.float().unsqueeze(1) + e.unsqueeze(2)).unbind(2)
-        h = self.norm(x).unflatten(1, (e.shape[1], -1))
+        """x [B, F*T, dim]; e [B, F, dim] (time embedding, before the projection), both in the residual dtype."""
+        shift, scale = (self.modulation.to(x.dtype).unsqueeze(1) + e.unsqueeze(2)).unbind(2)
+        h = self.norm(x).to(x.dtype).unflatten(1, (e.shape[1], -1))
         h = (h * (1 + scale.unsqueeze(2)) + shift.unsqueeze(2)).flatten(1, 2)
         return _linear(self.head, h).float()
 
@@ -245,6 +265,11 @@ class CausalWanTransformer(nn.Module):
         self.blocks = nn.ModuleList(WanAttentionBlock(cfg) for _ in range(cfg.num_layers))
         self.head = WanHead(cfg)
         self.rope = Rope3D(cfg.head_dim)
+
+    @property
+    def residual_dtype(self) -> torch.dtype:
+        """dtype of the residual stream, modulation and time embedding (see the module docstring)."""
+        return torch.float32 if self.cfg.residual_dtype == "float32" else self.patch_embedding.weight.dtype
 
     # ----- caches ------------------------------------------------------------------------------------
     def frame_tokens(self, latent_height: int, latent_width: int) -> int:
@@ -280,7 +305,7 @@ class CausalWanTransformer(nn.Module):
                 raise ValueError(f"latent shape {tuple(x.shape)} is not divisible by the patch {self.cfg.patch_size}")
         h = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))
         grid = (h.shape[2], h.shape[3], h.shape[4])
-        return h.flatten(2).transpose(1, 2).float(), grid
+        return h.flatten(2).transpose(1, 2).to(self.residual_dtype), grid
 
     def _unpatchify(self, out: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         (f, h, w), (pt, ph, pw), c = grid, self.cfg.patch_size, self.cfg.out_dim
@@ -289,7 +314,9 @@ class CausalWanTransformer(nn.Module):
 
     def _time(self, t: torch.Tensor | float, batch: int, frames: int, device: torch.device
               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(e [B, F, dim], e0 [B, F, 6, dim]) in float32 from t: scalar, [B] or [B, F]."""
+        """(e [B, F, dim], e0 [B, F, 6, dim]) in the residual dtype from t: scalar, [B] or [B, F].
+
+        The sinusoid is computed in float64 and cast, then the MLPs run in the residual dtype."""
         t = torch.as_tensor(t, device=device, dtype=torch.float64)
         if t.dim() == 0:
             t = t.expand(batch)
@@ -297,9 +324,10 @@ class CausalWanTransformer(nn.Module):
             t = t[:, None].expand(batch, frames)
         if tuple(t.shape) != (batch, frames):
             raise ValueError(f"timestep of shape {tuple(t.shape)}; expected a scalar, [B] or [B, F]=({batch}, {frames})")
-        emb = sinusoidal_embedding(self.cfg.freq_dim, t.reshape(-1)).float()
-        e = _linear_f32(self.time_embedding[2], F.silu(_linear_f32(self.time_embedding[0], emb)))
-        e0 = _linear_f32(self.time_projection[1], F.silu(e))
+        dtype = self.residual_dtype
+        emb = sinusoidal_embedding(self.cfg.freq_dim, t.reshape(-1)).to(dtype)
+        e = _linear_as(self.time_embedding[2], F.silu(_linear_as(self.time_embedding[0], emb, dtype)), dtype)
+        e0 = _linear_as(self.time_projection[1], F.silu(e), dtype)
         return e.view(batch, frames, -1), e0.view(batch, frames, 6, -1)
 
     def embed_text(self, context: torch.Tensor) -> torch.Tensor:
@@ -340,7 +368,8 @@ class CausalWanTransformer(nn.Module):
         bank: MemoryBank | None = None,
         transition_alpha: float | None = None,
     ) -> torch.Tensor:
-        """One block [B, C, F, H, W] at absolute latent frame ``start_frame`` -> flow prediction (fp32).
+        """One block [B, C, F, H, W] at absolute latent frame ``start_frame`` -> flow prediction (returned
+        in float32; computed in the residual dtype).
 
         ``commit=True`` writes this block's K/V into ``cache`` (the clean context pass)."""
         kv = cache.self_attn
