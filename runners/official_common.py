@@ -85,6 +85,10 @@ WAN_1_3B: tuple[Weight, ...] = tuple(
 )
 
 
+#: Self-Forcing's DMD student, which Deep Forcing runs on unchanged (training-free)
+SELF_FORCING_DMD = Weight("checkpoints/self_forcing_dmd.pt", "gdhe17/Self-Forcing", "checkpoints/self_forcing_dmd.pt")
+
+
 @dataclass(frozen=True)
 class RunnerSpec:
     """One released baseline: its checkout, config, weights and entry points."""
@@ -113,6 +117,28 @@ class RunnerSpec:
     @property
     def readme(self) -> str:
         return f"runners/{self.name.replace('-official', '')}_official/README.md"
+
+
+def interactive_spec(**fields: Any) -> RunnerSpec:
+    """LongLive 1.0's layout, kept by MemFlow: ``interactive_inference.py`` builds an
+    ``InteractiveCausalInferencePipeline`` whose ``inference`` switches the prompts itself; the checkpoint
+    and LoRA paths come from the config; low-memory helpers in ``utils.memory``."""
+    defaults: dict[str, Any] = dict(
+        markers=("interactive_inference.py", "pipeline/interactive_causal_inference.py", "utils/lora_utils.py"),
+        pipeline="pipeline.interactive_causal_inference:InteractiveCausalInferencePipeline", method="inference",
+        kind="interactive", checkpoint_from_config=True, memory_module="utils.memory")
+    return RunnerSpec(**{**defaults, **fields})
+
+
+def single_prompt_spec(**fields: Any) -> RunnerSpec:
+    """Self-Forcing's layout, kept by Rolling Forcing: ``inference.py`` merges ``configs/default_config.yaml``
+    under the config, builds ``pipeline.CausalInferencePipeline`` and loads ``generator_ema`` (``--use_ema``);
+    one prompt per video, so the prompts are routed here (``PromptRouter``)."""
+    defaults: dict[str, Any] = dict(
+        pipeline="pipeline:CausalInferencePipeline", method="inference", kind="single",
+        base_config="configs/default_config.yaml", use_ema=True, memory_module="demo_utils.memory",
+        low_memory_kwarg=True)
+    return RunnerSpec(**{**defaults, **fields})
 
 
 # --------------------------------------------------------------------------------------------- the time axis

@@ -104,132 +104,104 @@ class FakeVAE(torch.nn.Module):
         return level[:, :, None, None, None].expand(-1, -1, 3, 48, 64).to(latent.dtype)
 
 
-def crossattn_cache():
-    return [{"is_init": False, "k": None} for _ in range(2)]
+class FakePipeline(torch.nn.Module):
+    """What the three stand-in pipelines share: their parts, one block's 4 steps + context pass, the decode."""
 
-
-def report(args, noise):
-    print("fake pipeline: num_output_frames", args.num_output_frames, "seed", args.seed,
-          "local_attn_size", args.model_kwargs.get("local_attn_size", -1),
-          "switch_frame_indices", args.get("switch_frame_indices"),
-          "noise checksum %.6f" % noise.float().abs().sum().item(), flush=True)
-'''
-
-FAKE_INTERACTIVE = '''
-import torch
-from fakewan import FakeGenerator, FakeTextEncoder, FakeVAE, crossattn_cache, report
-
-
-class InteractiveCausalInferencePipeline(torch.nn.Module):
-    def __init__(self, args, device, *, generator=None, text_encoder=None, vae=None):
+    def __init__(self, args, device, generator=None, text_encoder=None, vae=None):
         super().__init__()
         self.args, self.frame_seq_length = args, 1560
         self.generator, self.text_encoder, self.vae = FakeGenerator(), FakeTextEncoder(), FakeVAE()
         self.num_frame_per_block = args.num_frame_per_block
 
+    def begin(self, noise):
+        print("fake pipeline: num_output_frames", self.args.num_output_frames, "seed", self.args.seed,
+              "local_attn_size", self.args.model_kwargs.get("local_attn_size", -1),
+              "switch_frame_indices", self.args.get("switch_frame_indices"),
+              "noise checksum %.6f" % noise.float().abs().sum().item(), flush=True)
+        self.crossattn_cache = [{"is_init": False, "k": None} for _ in range(2)]
+        return torch.zeros_like(noise)
+
+    def call(self, x, cond, timestep, start, **kwargs):
+        return self.generator(noisy_image_or_video=x, conditional_dict=cond, timestep=timestep, kv_cache=None,
+                              crossattn_cache=self.crossattn_cache, current_start=start * self.frame_seq_length,
+                              **kwargs)[1]
+
+    def block(self, noise, output, start, cond):
+        block = self.num_frame_per_block
+        x = noise[:, start:start + block]
+        for t in self.args.denoising_step_list:
+            x = self.call(x, cond, torch.full((1, block), float(t)), start)
+        output[:, start:start + block] = x
+        self.call(x, cond, torch.ones(1, block) * self.args.context_noise, start)
+
+    def finish(self, output, return_latents):
+        video = (self.vae.decode_to_pixel(output) * 0.5 + 0.5).clamp(0, 1)
+        return (video, output) if return_latents else video
+'''
+
+FAKE_INTERACTIVE = '''
+import torch
+from fakewan import FakePipeline
+
+
+class InteractiveCausalInferencePipeline(FakePipeline):
     def _recache_after_switch(self, output, current_start_frame, new_conditional_dict):
         for entry in self.crossattn_cache:
             entry["is_init"] = False
         start = max(0, current_start_frame - 12)
-        self.generator(noisy_image_or_video=output[:, start:current_start_frame], conditional_dict=new_conditional_dict,
-                       timestep=torch.zeros(1, current_start_frame - start), kv_cache=None,
-                       crossattn_cache=self.crossattn_cache, current_start=start * self.frame_seq_length,
-                       sink_recache_after_switch=False)
+        self.call(output[:, start:current_start_frame], new_conditional_dict,
+                  torch.zeros(1, current_start_frame - start), start, sink_recache_after_switch=False)
         for entry in self.crossattn_cache:
             entry["is_init"] = False
 
     def inference(self, noise, *, text_prompts_list, switch_frame_indices, return_latents=False, low_memory=False):
         assert len(switch_frame_indices) == len(text_prompts_list) - 1
-        frames, block = noise.shape[1], self.num_frame_per_block
-        assert frames % block == 0
-        report(self.args, noise)
+        assert noise.shape[1] % self.num_frame_per_block == 0
+        output = self.begin(noise)
         conds = [self.text_encoder(text_prompts=p) for p in text_prompts_list]
-        self.crossattn_cache = crossattn_cache()
-        output = torch.zeros_like(noise)
         segment, pending = 0, list(switch_frame_indices)
-        for start in range(0, frames, block):
+        for start in range(0, noise.shape[1], self.num_frame_per_block):
             if pending and start >= pending[0]:
                 pending.pop(0)
                 segment += 1
                 self._recache_after_switch(output, start, conds[segment])
-            x = noise[:, start:start + block]
-            for t in self.args.denoising_step_list:
-                _, x = self.generator(noisy_image_or_video=x, conditional_dict=conds[segment],
-                                      timestep=torch.full((1, block), float(t)), kv_cache=None,
-                                      crossattn_cache=self.crossattn_cache, current_start=start * self.frame_seq_length)
-            output[:, start:start + block] = x
-            self.generator(noisy_image_or_video=x, conditional_dict=conds[segment],
-                           timestep=torch.zeros(1, block) + self.args.context_noise, kv_cache=None,
-                           crossattn_cache=self.crossattn_cache, current_start=start * self.frame_seq_length)
-        video = (self.vae.decode_to_pixel(output) * 0.5 + 0.5).clamp(0, 1)
-        return (video, output) if return_latents else video
+            self.block(noise, output, start, conds[segment])
+        return self.finish(output, return_latents)
 '''
 
 FAKE_CAUSAL = '''
-import torch
-from fakewan import FakeGenerator, FakeTextEncoder, FakeVAE, crossattn_cache, report
+from fakewan import FakePipeline
 
 
-class CausalInferencePipeline(torch.nn.Module):
-    def __init__(self, args, device, generator=None, text_encoder=None, vae=None):
-        super().__init__()
-        self.args, self.frame_seq_length = args, 1560
-        self.generator, self.text_encoder, self.vae = FakeGenerator(), FakeTextEncoder(), FakeVAE()
-        self.num_frame_per_block = args.num_frame_per_block
-        self.independent_first_frame = args.independent_first_frame
-
+class CausalInferencePipeline(FakePipeline):
     def inference(self, noise, text_prompts, initial_latent=None, return_latents=False, profile=False,
                   low_memory=False):
-        frames, block = noise.shape[1], self.num_frame_per_block
-        report(self.args, noise)
+        assert self.args.independent_first_frame is False  # from their default_config.yaml, merged under
+        output = self.begin(noise)
         cond = self.text_encoder(text_prompts=text_prompts)
-        self.crossattn_cache = crossattn_cache()
-        output = torch.zeros_like(noise)
-        for start in range(0, frames, block):
-            x = noise[:, start:start + block]
-            for t in self.args.denoising_step_list:
-                _, x = self.generator(noisy_image_or_video=x, conditional_dict=cond,
-                                      timestep=torch.full((1, block), float(t)), kv_cache=None,
-                                      crossattn_cache=self.crossattn_cache, current_start=start * self.frame_seq_length)
-            output[:, start:start + block] = x
-            self.generator(noisy_image_or_video=x, conditional_dict=cond,
-                           timestep=torch.ones(1, block) * self.args.context_noise, kv_cache=None,
-                           crossattn_cache=self.crossattn_cache, current_start=start * self.frame_seq_length)
-        video = (self.vae.decode_to_pixel(output) * 0.5 + 0.5).clamp(0, 1)
-        return (video, output) if return_latents else video
+        for start in range(0, noise.shape[1], self.num_frame_per_block):
+            self.block(noise, output, start, cond)
+        return self.finish(output, return_latents)
 '''
 
 FAKE_ROLLING = '''
 import torch
-from fakewan import FakeGenerator, FakeTextEncoder, FakeVAE, crossattn_cache, report
+from fakewan import FakePipeline
 
 
-class CausalInferencePipeline(torch.nn.Module):
-    def __init__(self, args, device, generator=None, text_encoder=None, vae=None):
-        super().__init__()
-        self.args, self.frame_seq_length = args, 1560
-        self.generator, self.text_encoder, self.vae = FakeGenerator(), FakeTextEncoder(), FakeVAE()
-        self.num_frame_per_block = args.num_frame_per_block
-
+class CausalInferencePipeline(FakePipeline):
     def inference_rolling_forcing(self, noise, text_prompts, initial_latent=None, return_latents=False,
                                   profile=False):
         block, window = self.num_frame_per_block, len(self.args.denoising_step_list)
         blocks = noise.shape[1] // block
-        report(self.args, noise)
+        output = self.begin(noise)
         cond = self.text_encoder(text_prompts=text_prompts)
-        self.crossattn_cache = crossattn_cache()
-        output = torch.zeros_like(noise)
         for w in range(blocks + window - 1):
             start, end = max(0, w - window + 1) * block, (min(blocks - 1, w) + 1) * block
-            _, x0 = self.generator(noisy_image_or_video=noise[:, start:end], conditional_dict=cond,
-                                   timestep=torch.full((1, end - start), 500.0), kv_cache=None,
-                                   crossattn_cache=self.crossattn_cache, current_start=start * self.frame_seq_length)
+            x0 = self.call(noise[:, start:end], cond, torch.full((1, end - start), 500.0), start)
             output[:, start:end] = x0
-            self.generator(noisy_image_or_video=x0[:, :block], conditional_dict=cond,
-                           timestep=torch.zeros(1, block), kv_cache=None, crossattn_cache=self.crossattn_cache,
-                           current_start=start * self.frame_seq_length, updating_cache=True)
-        video = (self.vae.decode_to_pixel(output) * 0.5 + 0.5).clamp(0, 1)
-        return (video, output) if return_latents else video
+            self.call(x0[:, :block], cond, torch.zeros(1, block), start, updating_cache=True)
+        return self.finish(output, return_latents)
 '''
 
 FAKE_UTILS = {

@@ -17,16 +17,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from official_common import RunnerSpec, Weight, main  # noqa: E402
+from official_common import SELF_FORCING_DMD, main, single_prompt_spec  # noqa: E402
 
-SPEC = RunnerSpec(
+SPEC = single_prompt_spec(
     name="deep_forcing-official", env_prefix="DEEP_FORCING", upstream="cvlab-kaist/DeepForcing",
     pinned_commit="ecc39ff96945f5cd3387861ed21414ff01de4246",
     markers=("pipeline/__init__.py", "utils/wan_wrapper.py", "utils/misc.py"),
-    pipeline="pipeline:CausalInferencePipeline", method="inference", kind="single",
-    config=None, base_config="configs/default_config.yaml",
-    checkpoint=Weight("checkpoints/self_forcing_dmd.pt", "gdhe17/Self-Forcing", "checkpoints/self_forcing_dmd.pt"),
-    use_ema=True, memory_module="demo_utils.memory", low_memory_kwarg=True,
+    config=None, checkpoint=SELF_FORCING_DMD,  # training-free on Self-Forcing's weights
     notice=(" (note: the authors have not published Deep Forcing's code; github.com/cvlab-kaist/DeepForcing at "
             "ecc39ff holds the project page and 'Coming Soon!' only, see runners/deep_forcing_official/README.md)"),
 )

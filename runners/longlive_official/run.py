@@ -19,18 +19,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from official_common import RunnerSpec, Weight, main  # noqa: E402
+from official_common import Weight, interactive_spec, main  # noqa: E402
 
 HUB = "Efficient-Large-Model/LongLive-1.3B"
-SPEC = RunnerSpec(
+SPEC = interactive_spec(
     name="longlive-official", env_prefix="LONGLIVE", upstream="NVlabs/LongLive",
-    pinned_commit="e52d9ef6865d843282a6b5e9d46d03b35f88929d",
-    markers=("interactive_inference.py", "pipeline/interactive_causal_inference.py", "utils/lora_utils.py"),
-    pipeline="pipeline.interactive_causal_inference:InteractiveCausalInferencePipeline", method="inference",
-    kind="interactive", config="configs/longlive_interactive_inference.yaml",
+    pinned_commit="e52d9ef6865d843282a6b5e9d46d03b35f88929d",  # branch v1.0
+    config="configs/longlive_interactive_inference.yaml",
     checkpoint=Weight("longlive_models/models/longlive_base.pt", HUB, "models/longlive_base.pt"),
-    checkpoint_from_config=True, lora=Weight("longlive_models/models/lora.pt", HUB, "models/lora.pt"),
-    memory_module="utils.memory",
+    lora=Weight("longlive_models/models/lora.pt", HUB, "models/lora.pt"),
 )
 
 if __name__ == "__main__":

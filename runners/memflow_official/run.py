@@ -19,16 +19,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from official_common import RunnerSpec, Weight, main  # noqa: E402
+from official_common import Weight, interactive_spec, main  # noqa: E402
 
-SPEC = RunnerSpec(
+SPEC = interactive_spec(
     name="memflow-official", env_prefix="MEMFLOW", upstream="KlingTeam/MemFlow",
-    pinned_commit="7ed514771f5add2af7cc60889e8310ce2b70ab1e",
-    markers=("interactive_inference.py", "pipeline/interactive_causal_inference.py", "utils/lora_utils.py"),
-    pipeline="pipeline.interactive_causal_inference:InteractiveCausalInferencePipeline", method="inference",
-    kind="interactive", config="configs/interactive_inference.yaml",
-    checkpoint=Weight("checkpoints/base.pt", "KlingTeam/MemFlow", "base.pt"), checkpoint_from_config=True,
-    lora=Weight("checkpoints/lora.pt", "KlingTeam/MemFlow", "lora.pt"), memory_module="utils.memory",
+    pinned_commit="7ed514771f5add2af7cc60889e8310ce2b70ab1e", config="configs/interactive_inference.yaml",
+    checkpoint=Weight("checkpoints/base.pt", "KlingTeam/MemFlow", "base.pt"),
+    lora=Weight("checkpoints/lora.pt", "KlingTeam/MemFlow", "lora.pt"),
 )
 
 if __name__ == "__main__":

@@ -25,17 +25,16 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from official_common import RunnerSpec, Weight, main  # noqa: E402
+from official_common import Weight, main, single_prompt_spec  # noqa: E402
 
-SPEC = RunnerSpec(
+SPEC = single_prompt_spec(
     name="rolling_forcing-official", env_prefix="ROLLING_FORCING", upstream="TencentARC/RollingForcing",
     pinned_commit="a1477d09e85dc759a6a6728f55f77f59342ce388",
     markers=("inference.py", "pipeline/rolling_forcing_inference.py", "utils/wan_wrapper.py"),
-    pipeline="pipeline:CausalInferencePipeline", method="inference_rolling_forcing", kind="single",
-    config="configs/rolling_forcing_dmd.yaml", base_config="configs/default_config.yaml",
+    method="inference_rolling_forcing", config="configs/rolling_forcing_dmd.yaml",
     checkpoint=Weight("checkpoints/rolling_forcing_dmd.pt", "TencentARC/RollingForcing",
                       "checkpoints/rolling_forcing_dmd.pt"),
-    use_ema=True, rolling_window=True,
+    memory_module=None, low_memory_kwarg=False, rolling_window=True,  # their script moves all to the device
 )
 
 if __name__ == "__main__":

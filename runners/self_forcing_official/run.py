@@ -22,16 +22,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from official_common import RunnerSpec, Weight, main  # noqa: E402
+from official_common import SELF_FORCING_DMD, main, single_prompt_spec  # noqa: E402
 
-SPEC = RunnerSpec(
+SPEC = single_prompt_spec(
     name="self_forcing-official", env_prefix="SELF_FORCING", upstream="guandeh17/Self-Forcing",
     pinned_commit="33593df3e81fa3ec10239271dd2c100facac6de1",
     markers=("inference.py", "pipeline/causal_inference.py", "utils/wan_wrapper.py"),
-    pipeline="pipeline:CausalInferencePipeline", method="inference", kind="single",
-    config="configs/self_forcing_dmd.yaml", base_config="configs/default_config.yaml",
-    checkpoint=Weight("checkpoints/self_forcing_dmd.pt", "gdhe17/Self-Forcing", "checkpoints/self_forcing_dmd.pt"),
-    use_ema=True, memory_module="demo_utils.memory", low_memory_kwarg=True,
+    config="configs/self_forcing_dmd.yaml", checkpoint=SELF_FORCING_DMD,
     overrides=("model_kwargs.local_attn_size=12",),
 )
 
