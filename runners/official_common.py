@@ -13,8 +13,9 @@ live, which of their classes and entry points to call) and hands it to :func:`ma
    assumed), timings, peak memory and device.
 
 It runs under the AUTHORS' python (torch, omegaconf and av come from their requirements), so it never
-imports narrastream. The time arithmetic is narrastream's (``narrastream.streaming.switches``): 16 fps,
-latent frame = pixel frame // 4, blocks of 3 latent frames, latent ``s`` decodes from pixel ``4s - 3``.
+imports narrastream. The time axis is narrastream's (``narrastream.streaming.switches``): 16 fps, latent
+frame = pixel frame // 4, blocks of 3 latent frames, latent ``s`` decodes from pixel ``4s - 3``; where a
+prompt starts follows the authors' loops (the first block at or after the requested latent index).
 
 Exit codes: 0 ok; 2 bad request or set-up (checkout, config, weights, their code not importable);
 3 the authors' code failed while generating (its traceback tail is printed before the message).
@@ -682,8 +683,8 @@ def run(spec: RunnerSpec, req: Request, opts: Options) -> dict[str, Any]:
         "device": result["device"],
         "device_count": result["device_count"],
         "official": {
-            "runner": spec.name, "upstream": spec.upstream, "repo": str(opts.repo), "commit": commit,
-            "pinned_commit": spec.pinned_commit,
+            "runner": spec.name, "script_id": req.script_id, "upstream": spec.upstream, "repo": str(opts.repo),
+            "commit": commit, "pinned_commit": spec.pinned_commit,
             "config": str(opts.config if opts.config.is_absolute() else opts.repo / opts.config),
             "overrides": [*spec.overrides, *opts.overrides], "entry_point": f"{spec.pipeline}.{spec.method}",
             "checkpoint": str(ckpt.resolve(opts.repo)), "lora": str(lora.resolve(opts.repo)) if lora else None,

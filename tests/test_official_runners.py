@@ -239,7 +239,8 @@ LAYOUT = {  # name -> (files, generator checkpoint, LoRA, EMA key)
                  "configs/interactive_inference.yaml": INTERACTIVE_CFG.format(
                      ckpt="checkpoints/base.pt", lora="checkpoints/lora.pt")},
                 "checkpoints/base.pt", "checkpoints/lora.pt", False),
-    "self_forcing": ({"inference.py": "", "pipeline/__init__.py": "from .causal_inference import CausalInferencePipeline\n",
+    "self_forcing": ({"inference.py": "",
+                      "pipeline/__init__.py": "from .causal_inference import CausalInferencePipeline\n",
                       "pipeline/causal_inference.py": FAKE_CAUSAL, "demo_utils/__init__.py": "",
                       "demo_utils/memory.py": "from utils.memory import *  # noqa\n",
                       "configs/default_config.yaml": DEFAULT_CFG, "configs/self_forcing_dmd.yaml": SINGLE_CFG},
