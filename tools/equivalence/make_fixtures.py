@@ -160,7 +160,10 @@ def make_dino(checkout: Path, layout: str, weights_seed: int, inputs_seed: int) 
 
 # ----------------------------------------------------------------------------------------------- RAFT
 RAFT_CONFIG = {"small": False, "mixed_precision": False, "alternate_corr": False, "dropout": 0.0, "iters": 3}
-RAFT_INPUT = (2, 3, 64, 64)  # 64 px: the 1/8 map (8x8) supports the 4-level correlation pyramid
+#: 128 px: the 4-level correlation pyramid over the 1/8 map (16x16) ends at 2x2; at 64 px its last
+#: level is 1x1 and the original bilinear_sampler divides by W - 1 = 0 (NaN). The second pair is the
+#: first one reversed (the metrics run both directions).
+RAFT_INPUT = (1, 3, 128, 128)
 
 
 def make_raft(checkout: Path, layout: str, weights_seed: int, inputs_seed: int) -> tuple[dict, dict, dict]:
@@ -174,9 +177,10 @@ def make_raft(checkout: Path, layout: str, weights_seed: int, inputs_seed: int) 
     _check_aliases(model, aliases)
     # integer-valued pixels in [0, 255], as decoded frames (RAFT normalises internally)
     images = [np.floor(seeded.uniform(inputs_seed, f"raft/image{i}", RAFT_INPUT, 0.0, 256.0)) for i in (1, 2)]
+    first, second = (torch.from_numpy(np.concatenate([images[a], images[b]])) for a, b in ((0, 1), (1, 0)))
     with torch.no_grad():
-        flows = model(torch.from_numpy(images[0]), torch.from_numpy(images[1]), iters=cfg["iters"], test_mode=False)
-    outputs = {"flow/first": flows[0].numpy(), "flow/last": flows[-1].numpy()}
+        flows = model(first, second, iters=cfg["iters"], test_mode=False)
+    outputs = {"flow/last": flows[-1].numpy()}  # (2, 2, 128, 128): pair (1 -> 2) and (2 -> 1)
     meta = {"config": cfg, "inputs": {f"image{i + 1}": {"shape": RAFT_INPUT, "range": [0.0, 256.0], "floor": True,
                                                       "checksum": seeded.checksum(images[i])} for i in (0, 1)},
             "keys": keys, "aliases": aliases}

@@ -131,7 +131,7 @@ def save_fixture(directory: Path | str, name: str, meta: dict[str, Any], int_buf
     refs: dict[str, str] = {}
     by_digest: dict[str, str] = {}
     for key, value in int_buffers.items():
-        value = np.ascontiguousarray(value)
+        value = np.array(value, order="C", copy=True)  # (ascontiguousarray would make a 0-d array 1-d)
         small = value.astype(np.int32) if value.size and value.min() >= -2**31 and value.max() < 2**31 else value
         digest = hashlib.sha1(small.tobytes() + str(small.shape).encode()).hexdigest()[:12]
         if digest not in by_digest:
