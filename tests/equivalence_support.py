@@ -45,7 +45,8 @@ class Fixture:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The authors' state dict (their key names and order), rebuilt from the seed."""
-        return seeded.state_dict(self.meta["weights_seed"], self.meta["keys"], self.ints, self.meta.get("aliases"))
+        return seeded.state_dict(self.meta["weights_seed"], self.meta["keys"], self.ints, self.meta.get("aliases"),
+                                 self.meta.get("weights_gain", 1.0))
 
     def uniform_input(self, name: str, tag: str) -> np.ndarray:
         """Input ``name`` regenerated from the inputs' seed; its checksum must be the tool's."""

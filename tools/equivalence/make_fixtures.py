@@ -103,10 +103,10 @@ def _provenance(network: str, layout: str, checkout: Path, stated: str | None, a
             "code": code, "torch": torch.__version__}
 
 
-def _load_seeded(model: nn.Module, seed: int) -> tuple[list, dict, dict]:
+def _load_seeded(model: nn.Module, seed: int, gain: float = 1.0) -> tuple[list, dict, dict]:
     """Fill ``model`` with the seeded weights (strict); return ``(keys, int_buffers, aliases)``."""
     keys, ints, aliases = seeded.describe(model.state_dict())
-    model.load_state_dict(seeded.state_dict(seed, keys, ints, aliases), strict=True)
+    model.load_state_dict(seeded.state_dict(seed, keys, ints, aliases, gain), strict=True)
     return keys, ints, aliases
 
 
@@ -191,6 +191,8 @@ def make_raft(checkout: Path, layout: str, weights_seed: int, inputs_seed: int) 
 AMT_CONFIG = {"corr_radius": 3, "corr_lvls": 4, "num_flows": 3, "channels": [20, 32, 44, 56], "skip_channels": 20}
 AMT_INPUT = (2, 3, 128, 128)  # 128 px: the 4-level pyramid over the 1/8 map reaches 2x2 (1x1 divides by 0)
 AMT_EMBT = [0.5, 0.25]
+#: with gain 1 most of the random network's output is clamped to 0 or 1 (nothing left to compare)
+AMT_GAIN = 0.5
 
 
 def make_amt(checkout: Path, layout: str, weights_seed: int, inputs_seed: int) -> tuple[dict, dict, dict]:
@@ -199,14 +201,14 @@ def make_amt(checkout: Path, layout: str, weights_seed: int, inputs_seed: int) -
     # AMT-S exactly (networks/AMT-S.py defaults; its update blocks hard-code 44/32/20 channels, so the
     # widths cannot be shrunk without editing their code); only the input is small
     model = amt.Model(**AMT_CONFIG).eval()
-    keys, ints, aliases = _load_seeded(model, weights_seed)
+    keys, ints, aliases = _load_seeded(model, weights_seed, AMT_GAIN)
     # frames as the metric feeds them: uint8 values / 255
     images = [np.floor(seeded.uniform(inputs_seed, f"amt/img{i}", AMT_INPUT, 0.0, 256.0)) / np.float32(255.0) for i in (0, 1)]
     images = [np.asarray(x, dtype=np.float32) for x in images]
     embt = torch.tensor(AMT_EMBT, dtype=torch.float32).view(-1, 1, 1, 1)
     with torch.no_grad():
         out = model(torch.from_numpy(images[0]), torch.from_numpy(images[1]), embt, scale_factor=1.0, eval=True)["imgt_pred"]
-    meta = {"config": AMT_CONFIG, "embt": AMT_EMBT, "scale_factor": 1.0,
+    meta = {"config": AMT_CONFIG, "embt": AMT_EMBT, "scale_factor": 1.0, "weights_gain": AMT_GAIN,
             "inputs": {f"img{i}": {"shape": AMT_INPUT, "range": [0.0, 256.0], "floor": True, "divide": 255.0,
                                    "checksum": seeded.checksum(images[i])} for i in (0, 1)},
             "keys": keys, "aliases": aliases}

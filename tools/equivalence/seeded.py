@@ -42,7 +42,7 @@ def uniform(seed: int, name: str, shape: Iterable[int], low: float, high: float)
     return np.asarray(low + (high - low) * u, dtype=np.float32)
 
 
-def weight_range(name: str, shape: tuple[int, ...]) -> tuple[float, float]:
+def weight_range(name: str, shape: tuple[int, ...], gain: float = 1.0) -> tuple[float, float]:
     """The uniform range of a parameter, by its role (so that random networks stay well-conditioned).
 
     * BatchNorm running variance: [0.5, 1.5]; running mean: [-0.2, 0.2];
@@ -50,7 +50,8 @@ def weight_range(name: str, shape: tuple[int, ...]) -> tuple[float, float]:
     * biases and other vectors: [-0.1, 0.1];
     * scalars (``logit_scale``): [2, 3];
     * matrices and kernels: unit-variance uniform scaled by ``1/sqrt(fan_in)``, ``fan_in`` the product
-      of all but the first dimension (LeCun-style, so activations keep their scale layer after layer).
+      of all but the first dimension (LeCun-style, so activations keep their scale layer after layer),
+      times ``gain`` (a fixture may lower it so that a deep stack's output stays in a useful range).
     """
     leaf = name.rsplit(".", 1)[-1]
     if leaf == "running_var":
@@ -62,19 +63,19 @@ def weight_range(name: str, shape: tuple[int, ...]) -> tuple[float, float]:
     if len(shape) == 1:
         return (0.8, 1.2) if leaf == "weight" else (-0.1, 0.1)
     fan_in = max(1, int(np.prod(shape[1:])))
-    bound = SQRT3 / math.sqrt(fan_in)
+    bound = gain * SQRT3 / math.sqrt(fan_in)
     return -bound, bound
 
 
-def weight(seed: int, name: str, shape: Iterable[int]) -> torch.Tensor:
+def weight(seed: int, name: str, shape: Iterable[int], gain: float = 1.0) -> torch.Tensor:
     """The seeded float32 tensor of parameter ``name`` (see :func:`weight_range`)."""
     shape = tuple(int(s) for s in shape)
-    low, high = weight_range(name, shape)
+    low, high = weight_range(name, shape, gain)
     return torch.from_numpy(uniform(seed, name, shape, low, high).copy())
 
 
 def state_dict(seed: int, keys: Iterable[tuple[str, Iterable[int], str]], int_buffers: Mapping[str, np.ndarray],
-               aliases: Mapping[str, str] | None = None) -> dict[str, torch.Tensor]:
+               aliases: Mapping[str, str] | None = None, gain: float = 1.0) -> dict[str, torch.Tensor]:
     """The full authors'-layout state dict: seeded floats, and the stored integer buffers.
 
     ``aliases`` maps a key to the key whose tensor it shares in the authors' model (one module
@@ -85,7 +86,7 @@ def state_dict(seed: int, keys: Iterable[tuple[str, Iterable[int], str]], int_bu
     for name, shape, dtype in keys:
         source = aliases.get(name, name)
         if dtype.startswith("torch.float"):
-            out[name] = weight(seed, source, shape)
+            out[name] = weight(seed, source, shape, gain)
         else:
             if source not in int_buffers:
                 raise KeyError(f"integer tensor {name!r} ({dtype}) has no stored value in the fixture")
