@@ -16,7 +16,6 @@ single misplaced tensor, which moves pixels by O(0.1).
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
