@@ -168,7 +168,7 @@ def test_configurations_of_one_model_are_separate_rows_with_a_note(tmp_path):
     assert rows.loc[config_id(seed0), "scripts"] == 2 and rows.loc[config_id(seed0), "subject_consistency"] == 20.0
     assert rows.loc[config_id(seed1), "scripts"] == 1 and rows.loc[config_id(seed1), "subject_consistency"] == 80.0
     note = rows.loc[config_id(seed0), "config_note"]
-    assert "2 configurations of synthetic" in note and "backbones.dino_vitb16" in note and "random(seed=1,size=tiny)" in note
+    assert "synthetic has 2 configurations" in note and "backbones.dino_vitb16" in note and "random(seed=1,size=tiny)" in note
 
 
 def test_annotation_versions_and_protocol_versions_are_never_merged(tmp_path):

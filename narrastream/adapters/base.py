@@ -97,7 +97,7 @@ class GeneratedVideo:
     device: str | None = None
     device_count: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    #: what made the video: ``{"adapter": ..., **Generator.identity()}``, set by the harness
+    #: what made the video: ``{"adapter": ..., **Generator.identity(), "output": {...}}``, set by the harness
     generator: dict[str, Any] | None = None
 
     def to_sidecar(self, model: str, capabilities: Capabilities) -> dict[str, Any]:

@@ -175,10 +175,11 @@ class Session:
                 log.exception("generator %s crashed on script %d seed %d", self.model, sid, seed)
             message = f"{type(exc).__name__}: {exc}"
             write_json_atomic(failure_file, {"script_id": sid, "seed": seed, "error": message,
+                                             "generator": self.generator_identity(generator),
                                              "details": details, "time": time.time()})
             summary.fail(f"script {sid} seed {seed}: {message.splitlines()[0]}")
             return
-        video.generator = {"adapter": self.cfg["model"]["adapter"], **generator.identity()}
+        video.generator = self.generator_identity(generator)
         sidecar = video.to_sidecar(self.model, generator.capabilities)
         if Path(video.path).resolve().parent == out.resolve().parent:
             sidecar["path"] = Path(video.path).name  # inside the run: keep the folder relocatable
@@ -186,6 +187,15 @@ class Session:
         write_json_atomic(sidecar_path(out), sidecar)  # written last: marks the video as done
         failure_file.unlink(missing_ok=True)
         summary.done += 1
+
+    def generator_identity(self, generator: Generator) -> dict[str, Any]:
+        """What made (or failed to make) a video, for its sidecar or failure file and every record on it:
+        the adapter, the generator's own :meth:`~narrastream.adapters.base.Generator.identity` (method,
+        weights hashes, flags such as ``oracle``) and the requested output format."""
+        gen_cfg = self.cfg["generation"]
+        output = {"fps": float(gen_cfg["fps"]), "seconds_per_segment": float(gen_cfg["seconds_per_segment"]),
+                  "width": int(gen_cfg["width"]), "height": int(gen_cfg["height"])}
+        return {"adapter": self.cfg["model"]["adapter"], **generator.identity(), "output": output}
 
     def load_sidecar(self, script_id: int, seed: int) -> GeneratedVideo | None:
         """The finished video of an item, or None (not generated, failed, or its file vanished)."""
@@ -279,20 +289,36 @@ class Session:
         """What every record of this evaluation shares: protocol, annotations, backbone weights (of the
         run's metrics), judge. Hashes checkpoints (cached) and probes the judge endpoint; loads no model."""
         if self._run_config is None:
-            names = sorted({b for m in self.metrics().values() for b in self._backbones_of(m)})
+            from narrastream.metrics.backbones import WeightsNotFoundError
+
+            names = list(dict.fromkeys(b for m in self.metrics().values() for b in self._backbones_of(m)))
+            weights, missing = {}, []
+            for name in names:  # every missing checkpoint is named at once, before any work
+                try:
+                    weights[name] = self.backbones.weights_identity(name)
+                except WeightsNotFoundError as exc:
+                    missing.append(exc)
+            if missing:
+                raise WeightsNotFoundError.combine(missing)
             self._run_config = {
                 "protocol": self.protocol_identity(),
                 "annotations": self.annotations_identity(),
-                "backbones": {b: self.backbones.weights_identity(b) for b in names},
+                "backbones": dict(sorted(weights.items())),
             }
         return {**self._run_config, "judge": self.judge_config()}
 
-    def configuration(self, video: GeneratedVideo | None) -> dict[str, Any]:
-        """The configuration of a record on ``video``: the run's, plus the generator from the video's sidecar
-        (see :mod:`narrastream.results.configuration`)."""
-        generator = None
-        if video is not None and video.generator is not None:
-            generator = {**video.generator, "video": f"{video.width}x{video.height}@{video.fps:g}fps"}
+    def configuration(self, script_id: int, seed: int, video: GeneratedVideo | None) -> dict[str, Any]:
+        """The configuration of a record on an item: the run's, plus the generator named by the video's
+        sidecar (or by its failure file, so that failures count in the same row; see
+        :mod:`narrastream.results.configuration`)."""
+        generator = video.generator if video is not None else None
+        if video is None:
+            failure = self.run.failure_path(self.model, script_id, seed)
+            if failure.is_file():
+                try:
+                    generator = json.loads(failure.read_text()).get("generator")
+                except json.JSONDecodeError:
+                    generator = None
         return {**self.run_configuration(), "generator": generator}
 
     def ensure_annotations(self) -> None:
@@ -334,7 +360,7 @@ class Session:
         work = []
         for script, seed in self.items:
             video = self.load_sidecar(script.id, seed)
-            configuration = self.configuration(video)
+            configuration = self.configuration(script.id, seed, video)
             cid = config_id(configuration)
             keys = {name: self.cache_key(metric, video, script) for name, metric in metrics.items()}
             pending = {}
@@ -518,7 +544,7 @@ class _RecordWriter:
               result: MetricResult, elapsed: float = 0.0, backbones: dict | None = None) -> None:
         s = self.session
         uses_judge = getattr(metric, "uses_judge", False)
-        configuration = s.configuration(video)  # now: a stand-in noticed mid-run is in it
+        configuration = s.configuration(script.id, seed, video)  # now: a stand-in noticed mid-run is in it
         rec = Record(
             run_id=s.run.run_id, model=s.model, script_id=script.id, seed=seed, metric=name,
             score=result.score, status=result.status, reason=result.reason, fallbacks=result.fallbacks,

@@ -157,12 +157,12 @@ def _label_rows(table: pd.DataFrame, records: list[Record]) -> pd.DataFrame:
         siblings = [c for m, c in shown if m == model]
         if len(siblings) > 1:
             diff = describe_differences({c: configurations.get((model, c)) for c in siblings})
-            notes.append(f"{len(siblings)} configurations of {model} ({', '.join(c or '–' for c in siblings)}), "
-                         f"never averaged together; they differ in {diff}")
+            notes.append(f"{model} has {len(siblings)} configurations ({', '.join(c or '–' for c in siblings)}), "
+                         f"one row each, never averaged together; they differ in {diff}")
         covered = [c for (m, c), by in covered_by.items() if by == (model, cid)]
         if covered:
-            notes.append(f"also stands for configuration(s) {', '.join(covered)}: every score of those is in "
-                         f"this row, computed identically")
+            notes.append(f"{model} [{cid}] also stands for configuration(s) {', '.join(covered)}: every score "
+                         f"of those is in this row, computed identically (same cache keys)")
         row["config_note"] = ". ".join(notes)
         rows.append(row)
     out = pd.DataFrame(rows).reset_index(drop=True)
@@ -217,9 +217,9 @@ def to_markdown(table: pd.DataFrame, dimensions: Mapping[str, Sequence[str]]) ->
                    for m in metrics if any(row.get(f"{m}_{k}", 0) for k in ("fallback", "failed", "skipped"))]
         if flagged:
             text += f"; {'; '.join(flagged)}"
-        if row.get("config_note"):
-            text += f". {row['config_note']}"
         notes.append(text)
+    for note in dict.fromkeys(n for n in table.get("config_note", pd.Series(dtype=object)).fillna("") if n):
+        notes.append(f"- {note}")
     return "\n\n".join(parts) + ("\n\n" + "\n".join(notes) if notes else "") + "\n"
 
 

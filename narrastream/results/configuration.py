@@ -9,7 +9,9 @@ Every record carries ``configuration``, the settings its evaluation ran under, a
      "backbones":   {"dino_vitb16": "sha256:<64 hex>", "vtss_koala": "random(seed=0,size=tiny)", ...},
      "judge":       null | {"vlm": {"backend", "model" (as the endpoint reports it), "host", "stand_in"},
                             "planner": {...}},
-     "generator":   null | {"adapter": "synthetic", "method": ..., ..., "video": "832x480@16fps"}}
+     "generator":   null | {"adapter": "synthetic", "method": ..., (the generator's identity: weights
+                            hashes, flags such as "oracle"), "output": {"fps", "seconds_per_segment",
+                            "width", "height"}}}
 
 Nothing in it depends on where files lie (checkpoints and annotations by content, the judge by the
 model its endpoint reports), so a moved run folder keeps its ids. A leaderboard row is one
@@ -106,14 +108,28 @@ def short(value: Any, width: int = 12) -> str:
 
 
 def describe_differences(configurations: Mapping[str, Mapping[str, Any] | None], limit: int = 6) -> str:
-    """One line naming the differing fields and their values per configuration id."""
+    """One line naming the differing fields and their values per configuration id; fields that differ
+    the same way are named together (``backbones.{amt_s, dino_vitb16} (a: random(seed=0,...) | b: ...)``).
+
+    >>> describe_differences({"a": {"backbones": {"x": "s0", "y": "s0"}}, "b": {"backbones": {"x": "s1", "y": "s1"}}})
+    'backbones.{x, y} (a: s0 | b: s1)'
+    """
     diff = differences(configurations)
     if not diff:
         return "no field differs (records from an older narrastream carry no configuration)"
+    groups: dict[str, list[str]] = {}
+    for field, values in diff.items():
+        groups.setdefault(json.dumps(values, sort_keys=True, default=str), []).append(field)
     parts = []
-    for field, values in list(diff.items())[:limit]:
-        parts.append(f"{field} (" + " | ".join(f"{cid or '–'}: {short(v)}" for cid, v in values.items()) + ")")
-    more = f"; and {len(diff) - limit} more field(s)" if len(diff) > limit else ""
+    for fields in list(groups.values())[:limit]:
+        values = diff[fields[0]]
+        parents = {f.rpartition(".")[0] for f in fields}
+        if len(fields) > 1 and len(parents) == 1 and "" not in parents:
+            name = f"{parents.pop()}.{{{', '.join(f.rpartition('.')[2] for f in fields)}}}"
+        else:
+            name = ", ".join(fields)
+        parts.append(f"{name} (" + " | ".join(f"{cid or '–'}: {short(v)}" for cid, v in values.items()) + ")")
+    more = f"; and {len(groups) - limit} more" if len(groups) > limit else ""
     return "; ".join(parts) + more
 
 

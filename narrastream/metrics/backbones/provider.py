@@ -36,7 +36,13 @@ from torch import nn
 
 from narrastream.metrics.backbones.raft import FlowEstimator
 from narrastream.hashing import sha256_file, sha256_files
-from narrastream.metrics.backbones.weights import WEIGHTS, WeightSpec, file_identity, resolve_weights
+from narrastream.metrics.backbones.weights import (
+    WEIGHTS,
+    WeightsNotFoundError,
+    WeightSpec,
+    file_identity,
+    resolve_weights,
+)
 from narrastream.registry import RegistryError
 
 if TYPE_CHECKING:
@@ -290,7 +296,7 @@ class BackboneProvider:
         self._embedders: dict[str, Backbone] = {}
         self._identities: dict[str, dict[str, Any]] = {}
         self._weights: dict[str, str] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # get() holds it while loading, which asks weights_identity()
 
     @staticmethod
     def known() -> list[str]:
@@ -359,9 +365,14 @@ class BackboneProvider:
         if self.source == "random":
             value = f"random(seed={self.seed},size={self.size})"
         else:
-            path = spec.find_checkpoint(
-                path=self.paths.get(name), weights_dir=self.weights_dir, allow_download=self.allow_download
-            )
+            try:
+                path = spec.find_checkpoint(
+                    path=self.paths.get(name), weights_dir=self.weights_dir, allow_download=self.allow_download
+                )
+            except WeightsNotFoundError:
+                raise
+            except FileNotFoundError as exc:  # a model directory's resolver: its message says where to put it
+                raise WeightsNotFoundError(spec.weights, [], message=str(exc)) from None
             files = spec.checkpoint_files(Path(path))
             digest = sha256_file(files[0]) if len(files) == 1 else sha256_files(files, root=Path(path).parent)
             value = f"sha256:{digest}"
