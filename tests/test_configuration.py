@@ -88,7 +88,8 @@ def test_languagebind_directory_identity_covers_weights_config_and_tokenizer(tmp
     moved.parent.mkdir()
     folder.rename(moved)
     (moved / "vocab.json").write_text("{}")
-    assert BackboneProvider({"source": "files", "dir": str(moved.parent)}).weights_identity("languagebind_video") == first
+    elsewhere = BackboneProvider({"source": "files", "dir": str(moved.parent)})
+    assert elsewhere.weights_identity("languagebind_video") == first
     with pytest.raises(WeightsNotFoundError, match="LanguageBind_Video_FT"):  # a directory's own message
         BackboneProvider({"source": "files", "dir": str(tmp_path / "none")}).weights_identity("languagebind_video")
 

@@ -60,7 +60,8 @@ def test_two_backbone_seeds_in_one_folder_are_two_rows(two_seeds):
     rows = board(two_seeds)
     assert len(rows) == 2, rows[["model", "config_id", "scripts"]]  # was one row, "scripts 2", two DINOs mixed
     assert sorted(rows["scripts"]) == [1, 2] and rows["config_id"].nunique() == 2
-    assert rows["label"].str.contains("smoke: random weights").all() and rows["label"].str.contains(r"partial \(9/11\)").all()
+    assert rows["label"].str.contains("smoke: random weights").all()
+    assert rows["label"].str.contains(r"partial \(9/11\)").all()
     assert rows["rank"].isna().all() and rows["overall"].isna().all()
     assert "backbones.{" in rows.iloc[0]["config_note"] and "random(seed=1,size=tiny)" in rows.iloc[0]["config_note"]
     md = (two_seeds / "leaderboard.md").read_text()

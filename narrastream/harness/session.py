@@ -106,7 +106,8 @@ class Session:
                 raise AnnotationsError("protocol.annotations=live needs a judge (e.g. judge=siliconflow); "
                                        "judge=none can only use the frozen annotations")
             judge_cfg = cfg["judge"]
-            self._live_source = f"live:{judge_cfg.get('planner_model') or judge_cfg.get('model')}|{judge_cfg.get('model')}"
+            planner = judge_cfg.get("planner_model") or judge_cfg.get("model")
+            self._live_source = f"live:{planner}|{judge_cfg.get('model')}"
             self.annotations = NarrativeAnnotations(source=self._live_source)
             self._live_done = False
         else:

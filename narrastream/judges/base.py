@@ -184,7 +184,7 @@ class Judge(ABC):
         return {"backend": self.backend, "model": self.model, "endpoint": self.endpoint}
 
     def model_identity(self) -> dict[str, Any]:
-        """The judge as configuration ids see it: ``{backend, model (as reported), requested_model, host, stand_in}``."""
+        """The judge as configurations see it: ``{backend, model (as reported), requested_model, host, stand_in}``."""
         from narrastream.judges.identity import model_identity
 
         return model_identity(self.backend, self.model, base_url=self.endpoint or None, stand_in=self.stand_in,

@@ -207,7 +207,8 @@ def to_markdown(table: pd.DataFrame, dimensions: Mapping[str, Sequence[str]]) ->
         if row.get("source") != "run":
             continue
         name = f"{row['model']} [{row['config_id'] or '–'}]"
-        text = f"- {name}: {int(row['metrics_reported'])}/{int(row['metrics_total'])} metrics over {int(row['scripts'])} scripts"
+        text = (f"- {name}: {int(row['metrics_reported'])}/{int(row['metrics_total'])} metrics "
+                f"over {int(row['scripts'])} scripts")
         if row.get("label"):
             text += f"; {row['label']}"
         if row.get("missing_metrics"):
