@@ -95,7 +95,8 @@ def main() -> None:
             time.sleep(args.verifier_latency_ms / 1000)
             return protocol_responder(body)
 
-        verifier_url = stack.enter_context(ChatCompletionsServer(slow, model="stand-in")).base_url
+        server = ChatCompletionsServer(slow, model="narrastream-stand-in", stand_in=True)
+        verifier_url = stack.enter_context(server).base_url
     device = torch.device(args.device)
     dit, decoder = build(args, device)
     text = RandomTextFeatures(dit.cfg.text_dim, dit.cfg.text_len, device, torch.bfloat16)

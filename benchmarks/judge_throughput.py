@@ -103,7 +103,7 @@ def main() -> None:
     report: dict[str, Any] = {"videos": len(videos), "latency_ms": args.latency_ms, "concurrency": args.concurrency,
                               "size": f"{args.width}x{args.height}"}
     with tempfile.TemporaryDirectory() as cache, \
-            ChatCompletionsServer(responder, model="stand-in") as server:
+            ChatCompletionsServer(responder, model="narrastream-stand-in", stand_in=True) as server:
         judge_cfg = {**cfg["judge"], "base_url": server.base_url, "concurrency": args.concurrency,
                      "cache_dir": cache, "max_retries": 0}
         judges = build_judges(judge_cfg)

@@ -309,7 +309,8 @@ def test_provider_loads_once_and_embeds():
         assert embedder.embed(frames(0, 96, 160)).shape == (0, dim)
         identity = provider.identity(name)
         assert identity == {"name": name, "architecture": identity["architecture"], "source": "random", "path": None,
-                            "sha256": None, "size": None, "seed": 0, "device": "cpu", "dtype": "float32"}
+                            "sha256": None, "size": None, "seed": 0, "device": "cpu", "dtype": "float32",
+                            "weights": "random(seed=0,size=tiny)"}
         assert identity["architecture"].endswith("-tiny")
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import pandas as pd
 import pytest
 
 from narrastream.paths import reports_dir
 from narrastream.protocol.aggregate import aggregate, dimension_scores
 from narrastream.report.leaderboard import build_leaderboard, load_protocol, load_reference, write_leaderboard
+from narrastream.results.configuration import config_id
 from narrastream.results.records import Record, RecordStore
 
 DIMS = load_protocol()["dimensions"]
@@ -33,38 +36,184 @@ def test_dimension_weights_are_the_official_ones():
         assert dimension_scores(bumped, DIMS)["overall"] - 0.5 == pytest.approx(share)
 
 
-def _record(model: str, sid: int, metric: str, score, status: str = "ok") -> Record:
+METRICS = [m for ms in DIMS.values() for m in ms]
+JUDGED = {"entity_grounding", "vlm_score"}
+REAL = {"protocol": {"version": "narrastream-1.0"}, "annotations": {"mode": "frozen", "version": "v1", "sha256": "a" * 64},
+        "backbones": {"dino_vitb16": "sha256:" + "1" * 64}, "generator": {"adapter": "precomputed"},
+        "judge": {"vlm": {"backend": "openai", "model": "Qwen/Qwen3-VL", "host": "api.example.com", "stand_in": False}}}
+
+
+def _record(model: str, sid: int, metric: str, score, status: str = "ok", configuration=None,
+            cache_key: str | None = None, created: float = 1.0) -> Record:
     return Record(run_id="r", model=model, script_id=sid, seed=0, metric=metric, score=score, status=status,
-                  protocol="narrastream-1.0", metric_version="v", cache_key="k")
+                  protocol="narrastream-1.0", metric_version="v", cache_key=cache_key or f"k-{metric}-{sid}",
+                  configuration=configuration, config_id=config_id(configuration), created=created)
 
 
-def test_aggregate_counts_failures_and_fallbacks():
+def _variant(**changes) -> dict:
+    """REAL with some top-level parts replaced."""
+    return {**copy.deepcopy(REAL), **changes}
+
+
+def _complete_run(store: RecordStore, model: str, configuration: dict, score: float = 0.5, scripts=(0, 1),
+                  metrics=METRICS, key_prefix: str = "k", created: float = 1.0) -> None:
+    for sid in scripts:
+        for metric in metrics:
+            store.append(_record(model, sid, metric, score, configuration=configuration,
+                                 cache_key=f"{key_prefix}-{metric}-{sid}", created=created))
+
+
+def test_aggregate_counts_failures_fallbacks_and_skips():
     recs = [_record("m", 0, "subject_consistency", 0.8), _record("m", 1, "subject_consistency", 0.6, "fallback"),
-            _record("m", 2, "subject_consistency", None, "failed"), _record("m", 0, "background_consistency", 0.9)]
+            _record("m", 2, "subject_consistency", None, "failed"), _record("m", 0, "background_consistency", 0.9),
+            _record("m", 0, "vlm_score", None, "skipped")]
     row = aggregate(recs, DIMS).iloc[0]
     assert row["subject_consistency"] == pytest.approx(0.7)
     assert (row["subject_consistency_valid"], row["subject_consistency_fallback"], row["subject_consistency_failed"]) == (2, 1, 1)
-    assert row["quality"] == pytest.approx(0.8)  # mean of the two available quality metrics
-    assert row["overall"] == pytest.approx(0.8) and row["metrics_reported"] == 2 and row["scripts"] == 3
+    assert (row["vlm_score_skipped"], row["vlm_score_valid"], row["vlm_score_failed"]) == (1, 0, 0)
+    # quality has 5 metrics and only 2 have scores: no quality mean, no overall (was 0.8 over 2 metrics)
+    assert row["quality"] is None and row["overall"] is None and row["metrics_reported"] == 2 and row["scripts"] == 3
+    assert row["missing_metrics"].split() == [m for m in METRICS if m not in ("subject_consistency", "background_consistency")]
+
+
+def test_dimension_mean_needs_all_its_metrics_and_overall_all_eleven():
+    scores = {m: 0.5 for m in METRICS}
+    full = dimension_scores(scores, DIMS)
+    assert full["overall"] == pytest.approx(0.5)
+    without = dimension_scores({m: v for m, v in scores.items() if m not in JUDGED}, DIMS)
+    assert without["instruction"] is None and without["overall"] is None
+    assert without["quality"] == pytest.approx(0.5) and without["temporal"] == pytest.approx(0.5)
 
 
 def test_leaderboard_files_and_reference_rows(tmp_path):
     run = tmp_path / "run"
     store = RecordStore(run / "records", "shard-000-of-001")
     for sid, (a, b) in enumerate([(0.9, 0.8), (0.7, 0.6)]):
-        store.append(_record("mine", sid, "subject_consistency", a))
-        store.append(_record("mine", sid, "background_consistency", b))
+        store.append(_record("mine", sid, "subject_consistency", a, configuration=REAL))
+        store.append(_record("mine", sid, "background_consistency", b, configuration=REAL))
     table = build_leaderboard([run], with_reference=True)
     mine = table[table["model"] == "mine"].iloc[0]
     assert mine["subject_consistency"] == 80.0 and mine["background_consistency"] == 70.0
-    assert mine["source"] == "run" and mine["scripts"] == 2
+    assert mine["source"] == "run" and mine["scripts"] == 2 and mine["config_id"] == config_id(REAL)
+    assert mine["label"] == "partial (2/11)" and pd.isna(mine["rank"]) and pd.isna(mine["overall"])
     iam = table[table["model"] == "IAMFlow"].iloc[0]
-    assert iam["source"] == "published" and iam["overall"] == pytest.approx(75.73, abs=0.005)
+    assert iam["source"] == "published" and iam["overall"] == pytest.approx(75.73, abs=0.005) and iam["rank"] == 1
     write_leaderboard(table, tmp_path / "lb.csv", markdown_path=tmp_path / "lb.md", dimensions=DIMS)
     csv = pd.read_csv(tmp_path / "lb.csv")
-    assert list(csv.columns[:2]) == ["model", "source"] and "subject_consistency_fallback" in csv.columns
+    assert list(csv.columns[:5]) == ["model", "config_id", "source", "label", "rank"]
+    assert {"subject_consistency_fallback", "vlm_score_skipped", "missing_metrics"} <= set(csv.columns)
     md = (tmp_path / "lb.md").read_text()
-    assert "| mine" in md and "2/11 metrics over 2 scripts" in md
+    ranked, apart = md.split("Not ranked")
+    assert "| mine" not in ranked and "IAMFlow" in ranked and "| mine" in apart and "partial (2/11)" in apart
+    assert f"mine [{config_id(REAL)}]: 2/11 metrics over 2 scripts" in md
+
+
+def test_partial_row_is_never_ranked_among_published_rows(tmp_path):
+    """judge=none: 9 metrics. Their mean used to be `overall` and sorted among the 11-metric published rows."""
+    store = RecordStore(tmp_path / "run" / "records")
+    _complete_run(store, "nine", _variant(judge=None), score=0.99, metrics=[m for m in METRICS if m not in JUDGED])
+    for metric in JUDGED:
+        store.append(_record("nine", 0, metric, None, "skipped", configuration=_variant(judge=None)))
+    table = build_leaderboard([tmp_path / "run"], with_reference=True)
+    nine = table[table["model"] == "nine"].iloc[0]
+    assert pd.isna(nine["overall"]) and pd.isna(nine["instruction"]) and nine["quality"] == 99.0
+    assert nine["label"] == "partial (9/11)" and pd.isna(nine["rank"])
+    assert nine["missing_metrics"] == "entity_grounding vlm_score" and nine["vlm_score_skipped"] == 1
+    assert list(table["rank"].dropna()) == [1, 2, 3, 4, 5, 6] and table.index[table["model"] == "nine"][0] == 6
+
+
+def test_complete_real_row_is_ranked_with_the_published_rows(tmp_path):
+    store = RecordStore(tmp_path / "run" / "records")
+    _complete_run(store, "full", REAL, score=0.7)
+    table = build_leaderboard([tmp_path / "run"], with_reference=True)
+    full = table[table["model"] == "full"].iloc[0]
+    assert full["label"] == "" and full["overall"] == 70.0 and full["rank"] == 4  # IAMFlow 75.73, LongLive, MemFlow, then 70
+    assert table["rank"].notna().all() and table["overall"].is_monotonic_decreasing
+
+
+@pytest.mark.parametrize("configuration, label", [
+    (_variant(backbones={"dino_vitb16": "random(seed=0,size=tiny)"}), "smoke: random weights"),
+    (_variant(judge={"vlm": {"backend": "openai", "model": "narrastream-stand-in", "host": "127.0.0.1",
+                             "stand_in": True}}), "smoke: stand-in judge"),
+    (_variant(generator={"adapter": "streaming_wan", "method": "iamflow", "oracle": "entities from the evaluation annotations"}),
+     "oracle: entities from the evaluation annotations"),
+])
+def test_smoke_and_oracle_rows_are_labelled_and_listed_apart(tmp_path, capsys, configuration, label):
+    store = RecordStore(tmp_path / "run" / "records")
+    _complete_run(store, "smoky", configuration, score=0.99)  # would top the published rows if ranked
+    out = tmp_path / "board.csv"
+    from narrastream.cli import main as cli_main
+
+    assert cli_main(["leaderboard", str(tmp_path / "run"), "--out", str(out), "--with-reference"]) == 0
+    stdout = capsys.readouterr().out
+    board = pd.read_csv(out)
+    smoky = board[board["model"] == "smoky"].iloc[0]
+    assert smoky["label"] == label and pd.isna(smoky["rank"]) and smoky["overall"] == 99.0
+    assert board["rank"].dropna().tolist() == [1, 2, 3, 4, 5, 6] and board["model"].iloc[0] == "IAMFlow"
+    ranked, apart = stdout.split("Not ranked")
+    assert "smoky" not in ranked and label in apart and config_id(configuration) in apart
+    assert label in (tmp_path / "board.md").read_text()
+
+
+def test_configurations_of_one_model_are_separate_rows_with_a_note(tmp_path):
+    """Two backbone seeds in one folder: never one row averaging both (the issue's repro)."""
+    seed0 = _variant(backbones={"dino_vitb16": "random(seed=0,size=tiny)"})
+    seed1 = _variant(backbones={"dino_vitb16": "random(seed=1,size=tiny)"})
+    store = RecordStore(tmp_path / "run" / "records")
+    _complete_run(store, "synthetic", seed0, score=0.2, scripts=(0, 1), key_prefix="s0")
+    _complete_run(store, "synthetic", seed1, score=0.8, scripts=(0,), key_prefix="s1", created=2.0)
+    table = build_leaderboard([tmp_path / "run"])
+    rows = table.set_index("config_id")
+    assert len(table) == 2 and set(rows.index) == {config_id(seed0), config_id(seed1)}
+    assert rows.loc[config_id(seed0), "scripts"] == 2 and rows.loc[config_id(seed0), "subject_consistency"] == 20.0
+    assert rows.loc[config_id(seed1), "scripts"] == 1 and rows.loc[config_id(seed1), "subject_consistency"] == 80.0
+    note = rows.loc[config_id(seed0), "config_note"]
+    assert "synthetic has 2 configurations" in note and "backbones.dino_vitb16" in note and "random(seed=1,size=tiny)" in note
+
+
+def test_annotation_versions_and_protocol_versions_are_never_merged(tmp_path):
+    v1 = _variant(annotations={"mode": "frozen", "version": "narrastream-324.v1", "sha256": "a" * 64})
+    v2 = _variant(annotations={"mode": "frozen", "version": "narrastream-324.v2", "sha256": "b" * 64})
+    p2 = _variant(protocol={"version": "narrastream-2.0"})
+    for name, configuration in (("a", v1), ("b", v2), ("c", p2)):  # three run folders, one model name
+        _complete_run(RecordStore(tmp_path / name / "records"), "m", configuration, key_prefix=name)
+    table = build_leaderboard([tmp_path / "a", tmp_path / "b", tmp_path / "c"])
+    assert sorted(table["config_id"]) == sorted(config_id(c) for c in (v1, v2, p2))
+    notes = " ".join(table["config_note"])
+    assert "annotations.version" in notes and "annotations.sha256" in notes and "protocol.version" in notes
+
+
+def test_same_configuration_in_two_folders_merges(tmp_path):
+    _complete_run(RecordStore(tmp_path / "a" / "records"), "m", REAL, scripts=(0,), key_prefix="a")
+    _complete_run(RecordStore(tmp_path / "b" / "records"), "m", REAL, scripts=(1,), key_prefix="b")
+    table = build_leaderboard([tmp_path / "a", tmp_path / "b"])
+    assert len(table) == 1 and table.iloc[0]["scripts"] == 2 and table.iloc[0]["label"] == ""
+
+
+def test_configuration_covered_by_a_more_complete_one_is_not_repeated(tmp_path):
+    """judge=none first, then the same run with a judge: the 9 non-judge scores were carried over
+    (same cache keys), so the judge row stands for both; the judge=none row is named in its note."""
+    store = RecordStore(tmp_path / "run" / "records")
+    nine = [m for m in METRICS if m not in JUDGED]
+    no_judge = _variant(judge=None)
+    _complete_run(store, "m", no_judge, metrics=nine)
+    _complete_run(store, "m", REAL, metrics=nine, created=2.0)  # carried over: the same cache keys
+    _complete_run(store, "m", REAL, metrics=sorted(JUDGED), created=2.0)
+    table = build_leaderboard([tmp_path / "run"])
+    assert len(table) == 1 and table.iloc[0]["config_id"] == config_id(REAL) and table.iloc[0]["label"] == ""
+    assert config_id(no_judge) in table.iloc[0]["config_note"]
+    store.append(_record("m", 0, "subject_consistency", 0.1, configuration=no_judge, cache_key="other", created=3.0))
+    assert len(build_leaderboard([tmp_path / "run"])) == 2  # a score of its own: its own row again
+
+
+def test_records_without_configuration_are_a_row_of_their_own(tmp_path):
+    store = RecordStore(tmp_path / "run" / "records")
+    _complete_run(store, "m", REAL)
+    store.append(_record("m", 0, "subject_consistency", 0.1))  # an older narrastream's record
+    table = build_leaderboard([tmp_path / "run"])
+    assert len(table) == 2
+    legacy = table[table["config_id"] == ""].iloc[0]
+    assert "unknown configuration" in legacy["label"] and pd.isna(legacy["rank"])
 
 
 def test_reference_rows_match_published_numbers():
@@ -82,12 +231,11 @@ def test_leaderboard_command_merges_run_folders(tmp_path, capsys):
     from narrastream.cli import main as cli_main
 
     for name, score in (("a", 0.5), ("b", 0.9)):
-        store = RecordStore(tmp_path / name / "records", "shard-000-of-001")
-        store.append(_record(name, 0, "subject_consistency", score))
+        _complete_run(RecordStore(tmp_path / name / "records", "shard-000-of-001"), name, REAL, score=score)
     out = tmp_path / "board.csv"
     assert cli_main(["leaderboard", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--with-reference"]) == 0
     board = pd.read_csv(out)
     assert board["overall"].is_monotonic_decreasing and board["model"].iloc[0] == "b"  # b: 90 beats all
-    assert len(board) == 8 and (tmp_path / "board.md").is_file()
+    assert board["rank"].tolist() == list(range(1, 9)) and (tmp_path / "board.md").is_file()
     assert cli_main(["leaderboard", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert "no records/ folder" in capsys.readouterr().err

@@ -1,6 +1,7 @@
-"""The complete protocol end to end: a chat-completions judge on 127.0.0.1 (the stand-in responder),
+"""The complete protocol end to end: a chat-completions judge on 127.0.0.1 (the stand-in server),
 all 11 metrics, a closed port (exit 3, judge metrics failed, not 0.5), a rerun that fills in only
-what failed, live annotations, and no secret in any file the run writes."""
+what failed, the stand-in labelled as such (never recorded under the requested model's name), live
+annotations, and no secret in any file the run writes."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from narrastream.judges.server import ChatCompletionsServer
-from narrastream.judges.testing import protocol_responder
+from narrastream.judges.identity import STAND_IN_MODEL
+from narrastream.judges.testing import stand_in_server
 from narrastream.results.records import RecordStore
 
 pytestmark = pytest.mark.slow
@@ -39,8 +40,10 @@ def run(run_dir: Path, port: int, *extra: str, env_cache: Path) -> subprocess.Co
 
 
 def leaderboard_row(run_dir: Path) -> pd.Series:
-    board = pd.read_csv(run_dir / "leaderboard.csv")
-    return board[board["model"] == "synthetic"].iloc[0]
+    """The synthetic row of the configuration the last run wrote records under."""
+    board = pd.read_csv(run_dir / "leaderboard.csv", keep_default_na=False, na_values=[""])
+    newest = max(RecordStore(run_dir / "records").iter_all(), key=lambda r: r.created)
+    return board[(board["model"] == "synthetic") & (board["config_id"] == newest.config_id)].iloc[0]
 
 
 def assert_no_secret(*texts: str, folder: Path) -> None:
@@ -66,17 +69,27 @@ def test_closed_port_then_working_judge(tmp_path):
     others = {k: r for k, r in latest.items() if k[3] not in JUDGE_METRICS}
     assert len(others) == 18 and all(r.status != "failed" for r in others.values())
 
-    with ChatCompletionsServer(protocol_responder, model="stand-in", port=port):
+    with stand_in_server(port=port):  # `narrastream serve-judge --stand-in`, where the real judge was expected
         second = run(run_dir, port, env_cache=cache)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "4 done, 18 already done, 0 failed" in second.stderr  # only what failed was computed again
+    assert "18 of the already done carried over" in second.stderr  # to the stand-in's configuration
     row = leaderboard_row(run_dir)
-    assert row["metrics_reported"] == 11
+    assert row["metrics_reported"] == 11 and row["overall"] > 0
     for metric in JUDGE_METRICS:
         assert 0.0 <= row[metric] <= 100.0 and row[f"{metric}_valid"] == 2 and row[f"{metric}_failed"] == 0
+    assert row["label"] == "smoke: random weights, stand-in judge" and pd.isna(row["rank"])
+    assert "stand-in judge" in (run_dir / "leaderboard.md").read_text()
     record = RecordStore(run_dir / "records").latest()[("synthetic", 1, 0, "entity_grounding")]
     assert record.status == "ok" and len(record.items) == 6 and record.protocol.startswith("narrastream-")
-    assert record.details["judge"]["vlm"] == "Qwen/Qwen3-VL-30B-A3B-Instruct"
+    # the fake answers are not recorded under the requested model's name
+    assert record.judge["vlm"]["model"] == STAND_IN_MODEL and record.judge["vlm"]["stand_in"] is True
+    assert record.judge["vlm"]["requested_model"] == "Qwen/Qwen3-VL-30B-A3B-Instruct"
+    assert record.judge["vlm"]["host"] == "127.0.0.1" and record.configuration["judge"]["vlm"]["stand_in"] is True
+    assert "Qwen" not in json.dumps(record.configuration["judge"])
+    failed = [r for r in RecordStore(run_dir / "records").iter_all() if r.status == "failed"]
+    assert failed and all(r.judge["vlm"]["model"] == "Qwen/Qwen3-VL-30B-A3B-Instruct" for r in failed)
+    assert all(r.config_id != record.config_id for r in failed)  # the real judge's failures: another row
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["judge"]["api_key_env"] == "NS_E2E_JUDGE_KEY" and manifest["annotations"]["mode"] == "frozen"
     assert_no_secret(first.stdout, first.stderr, second.stdout, second.stderr, folder=run_dir)
@@ -84,7 +97,7 @@ def test_closed_port_then_working_judge(tmp_path):
 
 
 def test_live_annotations_run(tmp_path):
-    with ChatCompletionsServer(protocol_responder, model="stand-in") as server:
+    with stand_in_server() as server:
         run_dir = tmp_path / "run"
         proc = run(run_dir, server.port, "protocol.annotations=live", env_cache=tmp_path / "cache")
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -97,6 +97,8 @@ class GeneratedVideo:
     device: str | None = None
     device_count: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: what made the video: ``{"adapter": ..., **Generator.identity(), "output": {...}}``, set by the harness
+    generator: dict[str, Any] | None = None
 
     def to_sidecar(self, model: str, capabilities: Capabilities) -> dict[str, Any]:
         d = asdict(self)

@@ -59,6 +59,10 @@ class CommandGenerator(Generator):
         self.cwd = cwd
         self.capabilities = Capabilities(switching=PromptSwitching(switching))
 
+    def identity(self) -> dict[str, Any]:
+        """The command line run (its environment values are left out: they may hold secrets)."""
+        return {"method": "command", "command": shlex.join(self.argv)}
+
     def _argv_for(self, request_file: Path) -> list[str]:
         if any(REQUEST_PLACEHOLDER in a for a in self.argv):
             return [a.replace(REQUEST_PLACEHOLDER, str(request_file)) for a in self.argv]

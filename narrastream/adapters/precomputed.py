@@ -151,6 +151,11 @@ class PrecomputedGenerator(Generator):
             paths[script_id] = video_path
         return paths
 
+    def identity(self) -> dict[str, Any]:
+        """Videos made elsewhere: records identify each by its content sha256; the folder is no identity
+        (moving it changes nothing)."""
+        return {"method": "precomputed"}
+
     # ------------------------------------------------------------------ generation
     def generate(self, request: GenerationRequest) -> GeneratedVideo:
         from narrastream.video.decode import VideoDecodeError, probe_video

@@ -420,6 +420,13 @@ class SyntheticGenerator(Generator):
         self.character_size = float(character_size)
         self.cast = list(cast) if cast is not None else list(load_taxonomy().cast)
 
+    def identity(self) -> dict[str, Any]:
+        """Everything that shapes the frames: a named fault or another cast makes another configuration."""
+        cast = hashlib.sha256("\n".join(self.cast).encode()).hexdigest()[:16]
+        return {"method": "synthetic", "renderer": _LOOK_SALT, "faults": self.faults, "crf": self.crf,
+                "preset": self.preset, "motion_amplitude": self.motion_amplitude,
+                "character_size": self.character_size, "cast_sha256": cast}
+
     def prepare(self, scripts: Sequence[Script], *, total_scripts: int | None = None) -> None:
         """Check the faults against every script before any video is made; lists every misfit."""
         problems = []

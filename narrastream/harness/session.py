@@ -3,6 +3,11 @@
 Every stage reads and writes files of the run folder only, so each can be rerun alone and resumes
 where a previous (possibly killed) run stopped: a video counts as done when its sidecar exists, a
 metric when a record with the same cache key exists and did not fail.
+
+Cache keys and record configurations name everything by content, never by location: the video and
+the checkpoints by sha256 (cached on disk by path, size and mtime, so reruns read no big file again),
+the judge by the model its endpoint reports. Moving a run folder recomputes nothing; replacing a
+checkpoint recomputes what used it. Computing them loads no model.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -38,7 +43,9 @@ from narrastream.protocol.annotations import (  # noqa: F401 - re-exported for o
     NarrativeAnnotations,
     load_annotations,
 )
-from narrastream.results.records import Record, RecordStore
+from narrastream.hashing import sha256_file
+from narrastream.results.configuration import config_id
+from narrastream.results.records import Record, RecordStore, latest_by_config, record_key
 from narrastream.results.rundir import RunDir, environment_info
 
 log = logging.getLogger(__name__)
@@ -55,6 +62,8 @@ class StageSummary:
     failed: int = 0
     failures: list[str] = field(default_factory=list)
     judge_stats: dict[str, int] | None = None
+    #: of ``skipped``: records carried over from another configuration (same cache key, nothing computed)
+    reused: int = 0
 
     def fail(self, message: str) -> None:
         self.failed += 1
@@ -62,6 +71,8 @@ class StageSummary:
 
     def __str__(self) -> str:
         text = f"{self.stage}: {self.done} done, {self.skipped} already done, {self.failed} failed"
+        if self.reused:
+            text += f" ({self.reused} of the already done carried over from another configuration)"
         if self.judge_stats:
             text += "; judge: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in self.judge_stats.items())
         return text
@@ -87,14 +98,17 @@ class Session:
         self.shard = shard_name(int(shard["index"]), int(shard["count"]))
         self._backbones = None
         self._judges: Any = False  # built on first use (a local judge loads a model)
+        self._judge_config: Any = False  # probed on first use (an HTTP request, no model)
+        self._run_config: dict[str, Any] | None = None
         self.annotation_mode = str(self.protocol.get("annotations", "frozen"))
         if self.annotation_mode == "live":
             if not (cfg.get("judge") or {}).get("backend", "none") != "none":
                 raise AnnotationsError("protocol.annotations=live needs a judge (e.g. judge=siliconflow); "
                                        "judge=none can only use the frozen annotations")
             judge_cfg = cfg["judge"]
-            self.annotations = NarrativeAnnotations(
-                source=f"live:{judge_cfg.get('planner_model') or judge_cfg.get('model')}|{judge_cfg.get('model')}")
+            planner = judge_cfg.get("planner_model") or judge_cfg.get("model")
+            self._live_source = f"live:{planner}|{judge_cfg.get('model')}"
+            self.annotations = NarrativeAnnotations(source=self._live_source)
             self._live_done = False
         else:
             self.annotations = load_annotations(cfg.get("annotations") or {}, self.annotation_mode)
@@ -118,7 +132,7 @@ class Session:
             "protocol": {"name": self.protocol["name"], "version": self.protocol["version"]},
             "environment": environment_info(),
             "backbones": {"config": self.cfg.get("backbones")},
-            "annotations": {"mode": self.annotation_mode, **self.annotations.identity()},
+            "annotations": {**self.annotations.identity(), **self.annotations_identity()},
             "judge": self.judge_identity(),
         }
         self.run.write_manifest(manifest)
@@ -162,9 +176,11 @@ class Session:
                 log.exception("generator %s crashed on script %d seed %d", self.model, sid, seed)
             message = f"{type(exc).__name__}: {exc}"
             write_json_atomic(failure_file, {"script_id": sid, "seed": seed, "error": message,
+                                             "generator": self.generator_identity(generator),
                                              "details": details, "time": time.time()})
             summary.fail(f"script {sid} seed {seed}: {message.splitlines()[0]}")
             return
+        video.generator = self.generator_identity(generator)
         sidecar = video.to_sidecar(self.model, generator.capabilities)
         if Path(video.path).resolve().parent == out.resolve().parent:
             sidecar["path"] = Path(video.path).name  # inside the run: keep the folder relocatable
@@ -172,6 +188,15 @@ class Session:
         write_json_atomic(sidecar_path(out), sidecar)  # written last: marks the video as done
         failure_file.unlink(missing_ok=True)
         summary.done += 1
+
+    def generator_identity(self, generator: Generator) -> dict[str, Any]:
+        """What made (or failed to make) a video, for its sidecar or failure file and every record on it:
+        the adapter, the generator's own :meth:`~narrastream.adapters.base.Generator.identity` (method,
+        weights hashes, flags such as ``oracle``) and the requested output format."""
+        gen_cfg = self.cfg["generation"]
+        output = {"fps": float(gen_cfg["fps"]), "seconds_per_segment": float(gen_cfg["seconds_per_segment"]),
+                  "width": int(gen_cfg["width"]), "height": int(gen_cfg["height"])}
+        return {"adapter": self.cfg["model"]["adapter"], **generator.identity(), "output": output}
 
     def load_sidecar(self, script_id: int, seed: int) -> GeneratedVideo | None:
         """The finished video of an item, or None (not generated, failed, or its file vanished)."""
@@ -218,12 +243,84 @@ class Session:
         keys = ("backend", "base_url", "model", "planner_model", "api_key_env")
         return {k: cfg.get(k) for k in keys if k in cfg} or {"backend": "none"}
 
-    def judge_models(self) -> dict[str, Any]:
-        """What a judge score depends on, from the config (no model is loaded): backend and model names."""
-        cfg = self.cfg.get("judge") or {}
-        if cfg.get("backend", "none") == "none":
-            return {"backend": "none"}
-        return {"planner": cfg.get("planner_model") or cfg.get("model"), "vlm": cfg.get("model")}
+    def judge_record_identity(self) -> dict[str, Any] | None:
+        """Who answers, as the endpoint reports it (probed once; no model is loaded), or None for judge=none:
+        ``{"vlm": {backend, model, requested_model, host, stand_in}, "planner": {...}}``.
+
+        A stand-in noticed in a response after the probe (judges already built) is reported too."""
+        if self._judge_config is False:
+            from narrastream.judges.identity import judge_config_identity
+
+            self._judge_config = judge_config_identity(self.cfg.get("judge"))
+        if self._judges not in (False, None) and self._judges.stand_in:
+            return self._judges.config_identity()
+        return self._judge_config
+
+    def judge_config(self) -> dict[str, Any] | None:
+        """The judge part of configurations and cache keys: the identity without the requested name."""
+        ident = self.judge_record_identity()
+        if ident is None:
+            return None
+        return {role: {k: v for k, v in j.items() if k != "requested_model"} for role, j in ident.items()}
+
+    def annotations_identity(self) -> dict[str, Any]:
+        """The annotations as records name them: ``{mode, version, sha256}`` (live: ``{mode, source}``).
+
+        The version is the file's own (``NarrativeAnnotations.identity()["version"]``) or its name
+        without ``.jsonl``; the sha256 is the file's content."""
+        ident = self.annotations.identity()
+        if self.annotation_mode == "frozen":
+            path = ident.get("path")
+            version = ident.get("version") or (Path(path).stem if path else ident.get("source"))
+            return {"mode": "frozen", "version": version, "sha256": ident.get("sha256")}
+        if self.annotation_mode == "live":
+            return {"mode": "live", "source": self._live_source}
+        return {"mode": self.annotation_mode}
+
+    def protocol_identity(self) -> dict[str, Any]:
+        """The protocol version plus a digest of its constants (metric settings, dimensions, segmentation)."""
+        constants = {"metrics": self.protocol.get("metrics"), "dimensions": self.protocol.get("dimensions"),
+                     "video": self.cfg["video"]}
+        digest = hashlib.sha256(json.dumps(_plain(constants), sort_keys=True, default=str).encode()).hexdigest()
+        return {"version": f"{self.protocol['name']}-{self.protocol['version']}",
+                "segment_seconds": self.protocol["segment_seconds"], "segmentation": self.cfg["video"]["segmentation"],
+                "constants": digest[:16]}
+
+    def run_configuration(self) -> dict[str, Any]:
+        """What every record of this evaluation shares: protocol, annotations, backbone weights (of the
+        run's metrics), judge. Hashes checkpoints (cached) and probes the judge endpoint; loads no model."""
+        if self._run_config is None:
+            from narrastream.metrics.backbones import WeightsNotFoundError
+
+            names = list(dict.fromkeys(b for m in self.metrics().values() for b in self._backbones_of(m)))
+            weights, missing = {}, []
+            for name in names:  # every missing checkpoint is named at once, before any work
+                try:
+                    weights[name] = self.backbones.weights_identity(name)
+                except WeightsNotFoundError as exc:
+                    missing.append(exc)
+            if missing:
+                raise WeightsNotFoundError.combine(missing)
+            self._run_config = {
+                "protocol": self.protocol_identity(),
+                "annotations": self.annotations_identity(),
+                "backbones": dict(sorted(weights.items())),
+            }
+        return {**self._run_config, "judge": self.judge_config()}
+
+    def configuration(self, script_id: int, seed: int, video: GeneratedVideo | None) -> dict[str, Any]:
+        """The configuration of a record on an item: the run's, plus the generator named by the video's
+        sidecar (or by its failure file, so that failures count in the same row; see
+        :mod:`narrastream.results.configuration`)."""
+        generator = video.generator if video is not None else None
+        if video is None:
+            failure = self.run.failure_path(self.model, script_id, seed)
+            if failure.is_file():
+                try:
+                    generator = json.loads(failure.read_text()).get("generator")
+                except json.JSONDecodeError:
+                    generator = None
+        return {**self.run_configuration(), "generator": generator}
 
     def ensure_annotations(self) -> None:
         """Live mode: ask the judges for this shard's scripts' annotations (cached answers are free)."""
@@ -245,27 +342,44 @@ class Session:
         return {name: build_metric(name, specs[name]) for name in names}
 
     def evaluate(self) -> StageSummary:
+        """Score every pending (video, metric); a metric is done when this configuration has a record with
+        the same cache key that did not fail. A record of another configuration with the same cache key
+        (only settings the score does not depend on changed) is carried over, not computed again."""
         summary = StageSummary("evaluate")
         metrics = self.metrics()
         store = RecordStore(self.run.records_dir, self.shard)
-        latest = store.latest()
+        mine = [r for r in store.iter_all() if r.model == self.model]
+        latest = latest_by_config(mine)
+        reusable: dict[tuple, Record] = {}
+        for rec in mine:
+            if rec.status != "failed" and rec.configuration is not None:
+                old = reusable.get((rec.key, rec.cache_key))
+                if old is None or rec.created >= old.created:
+                    reusable[(rec.key, rec.cache_key)] = rec
         self.ensure_annotations()  # live mode: before the cache keys, which include each script's annotations
+        writer = _RecordWriter(self, store, latest, summary)
         work = []
         for script, seed in self.items:
             video = self.load_sidecar(script.id, seed)
+            configuration = self.configuration(script.id, seed, video)
+            cid = config_id(configuration)
             keys = {name: self.cache_key(metric, video, script) for name, metric in metrics.items()}
             pending = {}
             for name, metric in metrics.items():
-                previous = latest.get((self.model, script.id, seed, name))
+                key = record_key(self.model, script.id, seed, name)
+                previous = latest.get((key, cid))
                 if previous is not None and previous.cache_key == keys[name] and previous.status != "failed":
                     summary.skipped += 1
+                elif (same := reusable.get((key, keys[name]))) is not None:
+                    writer.carry_over(same, configuration)
+                    summary.skipped += 1
+                    summary.reused += 1
                 else:
                     pending[name] = metric
             if pending:
                 work.append((script, seed, video, pending, keys))
         if not work:
             return summary
-        writer = _RecordWriter(self, store, latest, summary)
         judged = any(getattr(m, "uses_judge", False) for _, _, _, pending, _ in work for m in pending.values())
         workers = int((self.cfg.get("judge") or {}).get("concurrency", 4)) if judged and self.judges else 0
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="judge") if workers else None
@@ -360,22 +474,22 @@ class Session:
         return [name] if name else list(metric.backbones)
 
     def cache_key(self, metric: Metric, video: GeneratedVideo | None, script: Script) -> str:
-        """Fingerprint of everything a score depends on: metric, protocol, segmentation, models,
-        the script's annotations, and the video file."""
+        """Fingerprint of everything a score depends on, by content: metric, protocol, segmentation,
+        the weights of the metric's backbones (sha256, or random seed and size), the judge as its
+        endpoint reports it, the script's annotations, and the video's sha256 (not its path)."""
         video_id = None
         if video is not None:
-            stat = video.path.stat()
-            video_id = {"path": str(video.path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                        "switch_frames": video.switch_frames}
+            video_id = {"sha256": sha256_file(video.path), "switch_frames": video.switch_frames}
         payload = {
             "metric": metric.identity(),
             "protocol": [self.protocol["name"], self.protocol["version"], self.protocol["segment_seconds"]],
             "video_rules": self.cfg["video"],
-            "backbones": {k: self.cfg["backbones"].get(k) for k in ("source", "size", "seed", "paths", "dir")},
+            "backbones": {b: self.backbones.weights_identity(b) for b in self._backbones_of(metric)},
+            "precision": self.cfg["backbones"].get("precision", "auto"),
             "video": video_id,
             "annotations": annotation.fingerprint() if (annotation := self.annotations.for_script(
                 script.id, script.prompts)[0]) else None,
-            "judge": self.judge_models() if getattr(metric, "uses_judge", False) else None,
+            "judge": self.judge_config() if getattr(metric, "uses_judge", False) else None,
         }
         return hashlib.sha256(json.dumps(_plain(payload), sort_keys=True, default=str).encode()).hexdigest()[:32]
 
@@ -417,25 +531,37 @@ class _RecordWriter:
             result, elapsed = future.result()
             self.write(script, seed, video, name, metric, key, result, elapsed, {})
 
+    def carry_over(self, record: Record, configuration: dict[str, Any]) -> None:
+        """Append ``record`` again under ``configuration``: the same computation (same cache key) is valid
+        there, because only settings the score does not depend on differ."""
+        s = self.session
+        cid = config_id(configuration)
+        rec = replace(record, run_id=s.run.run_id, config_id=cid, configuration=configuration,
+                      reused_from=record.config_id, shard=s.shard, created=time.time())
+        self.store.append(rec)
+        self.latest[(rec.key, cid)] = rec
+
     def write(self, script: Script, seed: int, video: GeneratedVideo | None, name: str, metric: Metric, key: str,
               result: MetricResult, elapsed: float = 0.0, backbones: dict | None = None) -> None:
         s = self.session
-        details = dict(result.details)
-        if getattr(metric, "uses_judge", False) and s.judges is not None:
-            details.setdefault("judge", s.judges.models())
+        uses_judge = getattr(metric, "uses_judge", False)
+        configuration = s.configuration(script.id, seed, video)  # now: a stand-in noticed mid-run is in it
         rec = Record(
             run_id=s.run.run_id, model=s.model, script_id=script.id, seed=seed, metric=name,
             score=result.score, status=result.status, reason=result.reason, fallbacks=result.fallbacks,
-            items=result.items, details=details, protocol=f"{s.protocol['name']}-{s.protocol['version']}",
-            metric_version=metric.version, cache_key=key, backbones=backbones or {},
-            video=str(video.path) if video else None, shard=s.shard, elapsed_s=round(elapsed, 4),
+            items=result.items, details=dict(result.details),
+            protocol=f"{s.protocol['name']}-{s.protocol['version']}", metric_version=metric.version, cache_key=key,
+            backbones=backbones or {}, judge=s.judge_record_identity() if uses_judge else None,
+            config_id=config_id(configuration), configuration=configuration,
+            video=str(video.path) if video else None, video_sha256=sha256_file(video.path) if video else None,
+            shard=s.shard, elapsed_s=round(elapsed, 4),
         )
-        previous = self.latest.get(rec.key)
+        previous = self.latest.get((rec.key, rec.config_id))
         repeat = (previous is not None and previous.status == "failed" and rec.status == "failed"
                   and previous.reason == rec.reason and previous.cache_key == rec.cache_key)
         if not repeat:  # the same failure again adds no record
             self.store.append(rec)
-            self.latest[rec.key] = rec
+            self.latest[(rec.key, rec.config_id)] = rec
         if result.status == "failed":
             self.summary.fail(f"{name} script {script.id} seed {seed}: {result.reason}")
         else:

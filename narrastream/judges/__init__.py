@@ -46,8 +46,17 @@ class JudgeSet:
         return {"planner": self.planner.identity(), "vlm": self.vlm.identity()}
 
     def models(self) -> dict[str, str]:
-        """What a judge-dependent score depends on: the model names (cache keys)."""
+        """The requested model names (as the config names them)."""
         return {"planner": self.planner.model, "vlm": self.vlm.model}
+
+    def config_identity(self) -> dict[str, Any]:
+        """What a judge-dependent score depends on, as the endpoint reports it (see :mod:`narrastream.judges.identity`):
+        ``{"vlm": {backend, model, requested_model, host, stand_in}, "planner": {...}}``."""
+        return {"vlm": self.vlm.model_identity(), "planner": self.planner.model_identity()}
+
+    @property
+    def stand_in(self) -> bool:
+        return self.vlm.stand_in or self.planner.stand_in
 
     def stats(self) -> dict[str, int]:
         judges = [self.planner] if self.planner is self.vlm else [self.planner, self.vlm]

@@ -155,6 +155,10 @@ class Judge(ABC):
             raise ValueError("judge concurrency must be >= 1")
         self.model = model
         self.endpoint = endpoint
+        #: the model name the endpoint reports serving (None: unknown); see narrastream.judges.identity
+        self.reported_model: str | None = None
+        #: True when the answers come from the stand-in server (fake answers, smoke runs only)
+        self.stand_in = False
         self.cache = cache
         self.use_cache = use_cache
         self.reask = int(reask)
@@ -178,6 +182,13 @@ class Judge(ABC):
     def identity(self) -> dict[str, Any]:
         """What records say about the judge (never a key or token)."""
         return {"backend": self.backend, "model": self.model, "endpoint": self.endpoint}
+
+    def model_identity(self) -> dict[str, Any]:
+        """The judge as configurations see it: ``{backend, model (as reported), requested_model, host, stand_in}``."""
+        from narrastream.judges.identity import model_identity
+
+        return model_identity(self.backend, self.model, base_url=self.endpoint or None, stand_in=self.stand_in,
+                              reported=self.reported_model)
 
     def complete(self, messages: Sequence[Message], *, json_mode: bool = False, max_tokens: int | None = None) -> str:
         """Plain text answer (no cache, no validation)."""
@@ -246,6 +257,10 @@ class Judge(ABC):
         payload = {"endpoint": self.endpoint, "model": self.model, "template": template, "schema": schema.__name__,
                    "max_tokens": self.max_tokens, "temperature": self.temperature,
                    "messages": [m.fingerprint() for m in messages]}
+        if self.stand_in:  # fake answers never serve a real model's requests from the cache
+            payload["stand_in"] = True
+        if self.reported_model and self.reported_model != self.model:
+            payload["reported_model"] = self.reported_model
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def close(self) -> None:

@@ -55,9 +55,9 @@ def serve_judge(model_path: str, host: str, port: int, **kwargs: Any) -> None:
 def serve_stand_in(host: str, port: int) -> None:
     """Serve the deterministic stand-in judge (:mod:`narrastream.judges.testing`): for demos, CI and the
     judge-throughput benchmark. Its scores measure the plumbing, never a video."""
-    from narrastream.judges.testing import protocol_responder
+    from narrastream.judges.testing import stand_in_server
 
-    server = ChatCompletionsServer(protocol_responder, model="narrastream-stand-in", host=host, port=port)
+    server = stand_in_server(host, port)
     log.warning("serving the STAND-IN judge at %s: deterministic fake answers, not a model; Ctrl-C stops",
                 server.base_url)
     print(f"listening on {server.base_url}", flush=True)

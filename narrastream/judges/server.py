@@ -3,6 +3,11 @@
 ``narrastream serve-judge`` puts a local vision-language model behind it, so one model in one
 process can serve many evaluation shards; the tests put scripted answers behind it, so the
 ``openai`` backend is tested against a real HTTP server speaking the real protocol.
+
+A server answers under its own model name (``model=``), whatever name a request asks for, as a
+real serving stack does: a client must never record answers under a name the server did not serve.
+``stand_in=True`` (``serve-judge --stand-in``) also marks every ``/v1/models`` entry and response as
+the stand-in's (:mod:`narrastream.judges.identity`), so clients label what they record.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
+
+from narrastream.judges.identity import STAND_IN_FLAG, STAND_IN_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +44,11 @@ class ChatCompletionsServer:
     Use as a context manager, or call :meth:`serve_forever` in the foreground.
     """
 
-    def __init__(self, responder: Responder, *, model: str, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, responder: Responder, *, model: str, host: str = "127.0.0.1", port: int = 0,
+                 stand_in: bool = False) -> None:
         self.responder = responder
         self.model = model
+        self.stand_in = stand_in
         self.httpd = ThreadingHTTPServer((host, port), self._handler_class())
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -81,7 +90,10 @@ class ChatCompletionsServer:
 
             def do_GET(self) -> None:  # noqa: N802 - http.server API
                 if self.path.rstrip("/").endswith("/models"):
-                    self._send(200, {"object": "list", "data": [{"id": server.model, "object": "model"}]})
+                    entry: dict[str, Any] = {"id": server.model, "object": "model", "owned_by": "narrastream"}
+                    if server.stand_in:
+                        entry.update({"owned_by": STAND_IN_MODEL, STAND_IN_FLAG: True})
+                    self._send(200, {"object": "list", "data": [entry]})
                 else:
                     self._send(404, _error("not found"))
 
@@ -107,7 +119,8 @@ class ChatCompletionsServer:
                     return
                 self._send(200, {
                     "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion",
-                    "created": int(time.time()), "model": body.get("model") or server.model,
+                    "created": int(time.time()), "model": server.model,  # its own name, never the requested one
+                    "system_fingerprint": STAND_IN_MODEL if server.stand_in else "narrastream",
                     "choices": [{"index": 0, "finish_reason": "stop",
                                  "message": {"role": "assistant", "content": text}}],
                     "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},

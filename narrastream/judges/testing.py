@@ -4,7 +4,9 @@ and to IAMFlow's agent questions (entity extraction, ID matching, block verifica
 ``protocol_responder`` plugs into :class:`~narrastream.judges.server.ChatCompletionsServer`: it reads
 which question a request asks (from the JSON shape our templates request) and answers it with
 numbers derived from a hash of the request, so answers are stable and differ between requests.
-It measures plumbing, never model quality.
+It measures plumbing, never model quality: :func:`stand_in_server` serves it under its own name
+(:data:`~narrastream.judges.identity.STAND_IN_MODEL`) and marked as the stand-in, so records and
+leaderboard rows made with it are labelled ``smoke: stand-in judge`` and never ranked.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import re
 from typing import Any
 
+from narrastream.judges.identity import STAND_IN_MODEL
 from narrastream.judges.wire import from_openai
 
 
@@ -79,3 +82,10 @@ def protocol_responder(body: dict[str, Any]) -> str:
     system = messages[0].text() if messages[0].role == "system" else ""
     answer = iamflow_answer(system, last.text(), len(last.images()))
     return answer if answer is not None else protocol_answer(last.text(), len(last.images()))
+
+
+def stand_in_server(host: str = "127.0.0.1", port: int = 0) -> "ChatCompletionsServer":
+    """The stand-in judge behind an OpenAI-compatible server (not started): ``narrastream serve-judge --stand-in``."""
+    from narrastream.judges.server import ChatCompletionsServer
+
+    return ChatCompletionsServer(protocol_responder, model=STAND_IN_MODEL, host=host, port=port, stand_in=True)

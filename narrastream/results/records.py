@@ -28,7 +28,11 @@ class Record:
     ``score`` is in [0, 1] or None; ``status`` is ``ok``, ``fallback`` (a score, but some part used
     a fallback, listed in ``fallbacks``), ``failed`` (no score; ``reason`` says why) or ``skipped``.
     ``cache_key`` fingerprints everything the score depends on: a record whose key no longer
-    matches the current configuration is recomputed on the next run.
+    matches the current configuration is recomputed on the next run. ``configuration`` says what
+    produced it (protocol, annotations version and sha256, backbone weights, judge, generator; see
+    :mod:`narrastream.results.configuration`) and ``config_id`` is its short hash: leaderboard rows
+    are (model, config_id). ``reused_from`` names the configuration whose identical computation
+    (same ``cache_key``) this record carries over, when only settings the score does not depend on changed.
     """
 
     run_id: str
@@ -47,7 +51,11 @@ class Record:
     details: dict[str, Any] = field(default_factory=dict)
     backbones: dict[str, Any] = field(default_factory=dict)
     judge: dict[str, Any] | None = None
+    config_id: str | None = None
+    configuration: dict[str, Any] | None = None
+    reused_from: str | None = None
     video: str | None = None
+    video_sha256: str | None = None
     shard: str = ""
     elapsed_s: float = 0.0
     created: float = field(default_factory=time.time)
@@ -116,11 +124,23 @@ class RecordStore:
 
 
 def latest_by_key(records: Iterable[Record]) -> dict[RecordKey, Record]:
+    """The latest record per (model, script, seed, metric), whatever its configuration."""
     latest: dict[RecordKey, Record] = {}
     for rec in records:
         old = latest.get(rec.key)
         if old is None or rec.created >= old.created:
             latest[rec.key] = rec
+    return latest
+
+
+def latest_by_config(records: Iterable[Record]) -> dict[tuple[RecordKey, str | None], Record]:
+    """The latest record per (key, config_id): what a leaderboard row of each configuration shows."""
+    latest: dict[tuple[RecordKey, str | None], Record] = {}
+    for rec in records:
+        key = (rec.key, rec.config_id)
+        old = latest.get(key)
+        if old is None or rec.created >= old.created:
+            latest[key] = rec
     return latest
 
 

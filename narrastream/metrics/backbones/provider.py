@@ -13,7 +13,8 @@ A :class:`BackboneProvider` is built from the ``backbones`` config section::
 
 ``get(name)`` returns the backbone wrapped for metrics -- an :class:`ImageEmbedder` (``embed``) or, for
 optical flow, a :class:`~narrastream.metrics.backbones.raft.FlowEstimator` (``flow``); ``identity(name)`` what to write in manifests and
-records. Random weights are built under a fixed seed on the CPU, so every process, on any device,
+records; ``weights_identity(name)`` what a score depends on (the checkpoint's content sha256, or the
+random seed and size) without building the network, for cache keys and configuration ids. Random weights are built under a fixed seed on the CPU, so every process, on any device,
 starts from bit-identical weights.
 """
 
@@ -34,7 +35,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from narrastream.metrics.backbones.raft import FlowEstimator
-from narrastream.metrics.backbones.weights import WEIGHTS, WeightSpec, file_identity, resolve_weights
+from narrastream.hashing import sha256_file, sha256_files
+from narrastream.metrics.backbones.weights import (
+    WEIGHTS,
+    WeightsNotFoundError,
+    WeightSpec,
+    file_identity,
+    resolve_weights,
+)
 from narrastream.registry import RegistryError
 
 if TYPE_CHECKING:
@@ -109,6 +117,11 @@ class BackboneSpec:
     #: finds the checkpoint (``path=, weights_dir=, allow_download=``); default: ``resolve_weights``
     #: of ``weights``. Models that are a directory (config, weights, tokenizer) bring their own.
     resolve: Callable[..., Path] | None = None
+    #: the files whose content makes the checkpoint (given the resolved path); default: that one file
+    files: Callable[[Path], list[Path]] | None = None
+
+    def checkpoint_files(self, path: Path) -> list[Path]:
+        return self.files(path) if self.files is not None else [path]
 
     def find_checkpoint(self, *, path: str | None, weights_dir: str | None, allow_download: bool) -> Path:
         if self.resolve is not None:
@@ -173,6 +186,15 @@ def _languagebind_encoder(model: nn.Module, device: torch.device, precision: Pre
     return VideoTextEncoder(model, device=device, dtype=_DTYPES[precision])
 
 
+def _languagebind_files(path: Path) -> list[Path]:
+    """A LanguageBind directory's content: the weights file loaded, config.json and the tokenizer files."""
+    from narrastream.metrics.backbones.languagebind import TOKENIZER_FILES
+
+    directory = path.parent if path.is_file() else path
+    others = [directory / n for n in ("config.json", *TOKENIZER_FILES) if (directory / n).is_file()]
+    return [path, *others]
+
+
 def _resolve_languagebind(*, path: str | None, weights_dir: str | None, allow_download: bool) -> Path:
     from narrastream.metrics.backbones.languagebind import resolve_languagebind_weights
 
@@ -234,6 +256,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         load=_lazy("languagebind", "load_languagebind"),  # the weights file in the model folder
         embedder=_languagebind_encoder,
         resolve=_resolve_languagebind,
+        files=_languagebind_files,
     ),
 }
 
@@ -272,7 +295,8 @@ class BackboneProvider:
         self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
         self._embedders: dict[str, Backbone] = {}
         self._identities: dict[str, dict[str, Any]] = {}
-        self._lock = threading.Lock()
+        self._weights: dict[str, str] = {}
+        self._lock = threading.RLock()  # get() holds it while loading, which asks weights_identity()
 
     @staticmethod
     def known() -> list[str]:
@@ -316,12 +340,42 @@ class BackboneProvider:
             model = spec.load(path)
             identity.update(file_identity(path), seed=None)
             log.info("backbone %s: loaded %s", name, path)
+        identity["weights"] = self.weights_identity(name)
         embedder = spec.embedder(model, self.device, precision)
         identity.update(device=str(self.device), dtype=str(_DTYPES[precision]).removeprefix("torch."))
         self._identities[name] = identity
         return embedder
 
     def identity(self, name: str) -> dict[str, Any]:
-        """``{name, architecture, source, path, sha256, size, seed, device, dtype}`` (loads the backbone)."""
+        """``{name, architecture, source, weights, path, sha256, size, seed, device, dtype}`` (loads the backbone)."""
         self.get(name)
         return dict(self._identities[name])
+
+    def weights_identity(self, name: str) -> str:
+        """What the backbone's scores depend on, without building it: ``sha256:<hex>`` of the checkpoint
+        content (for a model directory, of its weights, config and tokenizer files together), or
+        ``random(seed=N,size=S)``. Resolving finds the checkpoint exactly as loading does, so a missing
+        file raises :class:`WeightsNotFoundError` here, before any work; digests are cached on disk
+        (:func:`narrastream.hashing.sha256_file`), so a rerun reads no checkpoint again."""
+        spec = self._spec(name)
+        with self._lock:
+            known = self._weights.get(name)
+        if known is not None:
+            return known
+        if self.source == "random":
+            value = f"random(seed={self.seed},size={self.size})"
+        else:
+            try:
+                path = spec.find_checkpoint(
+                    path=self.paths.get(name), weights_dir=self.weights_dir, allow_download=self.allow_download
+                )
+            except WeightsNotFoundError:
+                raise
+            except FileNotFoundError as exc:  # a model directory's resolver: its message says where to put it
+                raise WeightsNotFoundError(spec.weights, [], message=str(exc)) from None
+            files = spec.checkpoint_files(Path(path))
+            digest = sha256_file(files[0]) if len(files) == 1 else sha256_files(files, root=Path(path).parent)
+            value = f"sha256:{digest}"
+        with self._lock:
+            self._weights[name] = value
+        return value

@@ -104,7 +104,12 @@ WEIGHTS: dict[str, WeightSpec] = {
 class WeightsNotFoundError(FileNotFoundError):
     """A checkpoint is not on this machine; the message says where to put it."""
 
-    def __init__(self, spec: WeightSpec, tried: list[str], detail: str | None = None) -> None:
+    def __init__(self, spec: WeightSpec, tried: list[str], detail: str | None = None, *,
+                 message: str | None = None) -> None:
+        self.spec = spec
+        if message is not None:  # a resolver's own complete message (model directories)
+            super().__init__(message)
+            return
         env = os.environ.get(WEIGHTS_ENV)
         lines = [detail or f"weights {spec.name!r} ({spec.filename}) were not found."]
         lines += [
@@ -121,6 +126,14 @@ class WeightsNotFoundError(FileNotFoundError):
         if tried:
             lines.append("Looked in: " + ", ".join(tried))
         super().__init__("\n".join(lines))
+
+    @classmethod
+    def combine(cls, errors: "list[WeightsNotFoundError]") -> "WeightsNotFoundError":
+        """One error naming every missing checkpoint, so a user fixes them all in one go."""
+        if len(errors) == 1:
+            return errors[0]
+        text = f"{len(errors)} checkpoints were not found:\n\n" + "\n\n".join(str(e) for e in errors)
+        return cls(errors[0].spec, [], message=text)
 
 
 class ChecksumError(ValueError):
