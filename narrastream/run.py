@@ -45,7 +45,9 @@ def execute(cfg: dict) -> int:
         for line in summary.failures[:20]:
             log.warning("failed: %s", line)
     if "leaderboard" in stages:
-        log.info("leaderboard: %s", session.leaderboard())
+        csv_path = session.leaderboard()
+        print(session.run.leaderboard_path("md").read_text())  # results on stdout, labels included
+        log.info("leaderboard: %s", csv_path)
     return EXIT_ITEMS_FAILED if failed else 0
 
 

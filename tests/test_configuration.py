@@ -176,3 +176,23 @@ def test_smoke_and_oracle_reasons():
     assert oracle_reasons({"generator": {"oracle": True}}) == ["generator read the evaluation annotations"]
     assert oracle_reasons({"generator": {"adapter": "synthetic"}}) == []
     assert config_id({"a": 1, "b": 2}) == config_id({"b": 2, "a": 1}) != config_id({"a": 1, "b": 3})
+
+
+def test_resolved_precision_separates_configurations_and_cache_keys(tmp_path):
+    """fp16 and fp32 backbones give different scores: never one configuration, never a shared cache key
+    (``auto`` is fp16 CLIP on CUDA, fp32 on the CPU: what counts is the precision actually run)."""
+    from narrastream.harness.session import Session
+
+    def session(precision: str) -> Session:
+        return Session.from_overrides(["preset=tiny", "data.limit=1", f"run.dir={tmp_path / precision}",
+                                       "protocol.run_metrics=[background_consistency]",
+                                       f"backbones.precision={precision}"])
+
+    auto, half = session("auto"), session("fp16")
+    assert auto.backbones.precision_of("clip_vitb32") == "fp32"  # no CUDA here
+    assert auto.run_configuration()["precision"] == {"clip_vitb32": "fp32"}
+    assert half.run_configuration()["precision"] == {"clip_vitb32": "fp16"}
+    assert config_id(auto.run_configuration()) != config_id(half.run_configuration())
+    script = auto.benchmark.scripts[0]
+    metric = auto.metrics()["background_consistency"]
+    assert auto.cache_key(metric, None, script) != half.cache_key(metric, None, script)

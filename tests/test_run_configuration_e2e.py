@@ -51,7 +51,8 @@ SEED1 = ("model=synthetic", "preset=tiny", "data.limit=1", "backbones.seed=1")
 def two_seeds(tmp_path_factory) -> Path:
     """The issue's repro: backbones.seed=0 on two scripts, then backbones.seed=1 on one, in one folder."""
     run_dir = tmp_path_factory.mktemp("seeds") / "run"
-    run(*SEED0, f"run.dir={run_dir}")
+    first = run(*SEED0, f"run.dir={run_dir}")
+    assert "smoke: random weights" in first.stdout  # the run prints its leaderboard, labels included
     run(*SEED1, f"run.dir={run_dir}")
     return run_dir
 

@@ -305,6 +305,7 @@ class Session:
                 "protocol": self.protocol_identity(),
                 "annotations": self.annotations_identity(),
                 "backbones": dict(sorted(weights.items())),
+                "precision": {name: self.backbones.precision_of(name) for name in sorted(weights)},
             }
         return {**self._run_config, "judge": self.judge_config()}
 
@@ -485,7 +486,8 @@ class Session:
             "protocol": [self.protocol["name"], self.protocol["version"], self.protocol["segment_seconds"]],
             "video_rules": self.cfg["video"],
             "backbones": {b: self.backbones.weights_identity(b) for b in self._backbones_of(metric)},
-            "precision": self.cfg["backbones"].get("precision", "auto"),
+            # resolved on this device: "auto" is fp16 CLIP on CUDA but fp32 on the CPU
+            "precision": {b: self.backbones.precision_of(b) for b in self._backbones_of(metric)},
             "video": video_id,
             "annotations": annotation.fingerprint() if (annotation := self.annotations.for_script(
                 script.id, script.prompts)[0]) else None,

@@ -7,6 +7,7 @@ Every record carries ``configuration``, the settings its evaluation ran under, a
                      "constants": "<16 hex: metric constants and segmentation rule>"},
      "annotations": {"mode": "frozen", "version": "narrastream-324.v1", "sha256": "<64 hex>"},
      "backbones":   {"dino_vitb16": "sha256:<64 hex>", "vtss_koala": "random(seed=0,size=tiny)", ...},
+     "precision":   {"clip_vitb32": "fp16", "dino_vitb16": "fp32", ...}  (as run on this device),
      "judge":       null | {"vlm": {"backend", "model" (as the endpoint reports it), "host", "stand_in"},
                             "planner": {...}},
      "generator":   null | {"adapter": "synthetic", "method": ..., (the generator's identity: weights

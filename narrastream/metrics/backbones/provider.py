@@ -310,6 +310,12 @@ class BackboneProvider:
             raise RegistryError(f"unknown backbone {name!r}; known: {', '.join(self.known())}.{hint}")
         return spec
 
+    def precision_of(self, name: str) -> Precision:
+        """The precision backbone ``name`` runs in on this provider's device (``auto`` resolved), without
+        building it: part of a record's configuration, since fp16 CLIP on CUDA and fp32 CLIP on the CPU
+        give different scores."""
+        return self._precision(self._spec(name))
+
     def _precision(self, spec: BackboneSpec) -> Precision:
         if self.precision != "auto":
             return self.precision  # type: ignore[return-value]
