@@ -271,12 +271,15 @@ class ScriptRules:
                 i += 1
                 continue
             names, j = self._name_list_end(toks, i)
-            # participle appositive: "Name, standing ..."
-            if j < len(toks) and toks[j].low == "," and j + 1 < len(toks) and toks[j + 1].low in posture and \
-                    toks[j + 1].low.endswith(("ing", "ed")) and len(names) == 1:
-                out.setdefault(names[0], posture[toks[j + 1].low])
-                i = j + 2
-                continue
+            # participle appositive: "Name, standing ...", "Name, still seated ..."
+            if j < len(toks) and toks[j].low == "," and len(names) == 1:
+                m = j + 1
+                while m < len(toks) and toks[m].low in skip:
+                    m += 1
+                if m < len(toks) and toks[m].low in posture and toks[m].low.endswith(("ing", "ed")):
+                    out.setdefault(names[0], posture[toks[m].low])
+                    i = m + 1
+                    continue
             while j < len(toks) and (toks[j].low in skip or toks[j].low.endswith("ly")):
                 j += 1
             if j < len(toks) and toks[j].low in posture:
@@ -379,11 +382,12 @@ class ScriptRules:
             if toks[head].low in self.lex.ambiguous_forms and start == head and before not in self.determiners:
                 i = end
                 continue
-            words = [t.low for t in toks[start:end] if t.low != ","]
+            words = [t.low if t.low in self.adjectives or _sentence_start(toks, m) else t.text
+                     for m, t in enumerate(toks[start:end], start) if t.low != ","]
             # the name: the head and the compound modifiers right before it; the rest: adjectives
             n = len(words) - 1
-            while n > 0 and words[n - 1] not in self.adjectives and (words[n - 1] in self.compounds
-                                                                     or words[n - 1] in self.object_forms):
+            while n > 0 and words[n - 1].lower() not in self.adjectives and (
+                    words[n - 1].lower() in self.compounds or words[n - 1].lower() in self.object_forms):
                 n -= 1
             name = " ".join(words[n:])
             adjectives: list[str] = []
@@ -392,7 +396,7 @@ class ScriptRules:
                     adjectives[-1] = f"{adjectives[-1]} {w}"
                 else:
                     adjectives.append(w)
-            mention = Mention(key=name, head=toks[head].low, start=start, end=end, adjectives=adjectives)
+            mention = Mention(key=name, head=toks[head].low.lower(), start=start, end=end, adjectives=adjectives)
             # "a stack of X"
             if before == "of" and start >= 2 and toks[start - 2].low in collectives:
                 mention.adjectives.append(f"in a {toks[start - 2].low}")
@@ -402,7 +406,8 @@ class ScriptRules:
             if verb is not None:
                 subject = self._subject(toks, v)
                 participle = states[verb]
-                mention.states.append(f"{participle} by {' and '.join(subject)}" if subject else participle)
+                by = ", ".join(subject[:-1]) + " and " + subject[-1] if len(subject) > 1 else "".join(subject)
+                mention.states.append(f"{participle} by {by}" if subject else participle)
                 if verb in holder and len(subject) == 1:
                     mention.states.append(f"@{subject[0]}:{holder[verb]} {name}")
             found.append(mention)
@@ -411,12 +416,18 @@ class ScriptRules:
 
 
 # ---------------------------------------------------------------------------------------------------
+def _sentence_start(toks: list[Token], i: int) -> bool:
+    return i == 0 or toks[i - 1].low in (".", "!", "?")
+
+
 def _dedupe_looks(looks: Iterable[str]) -> list[str]:
     """Looks in order of first description, one per head noun: a later look with the same head
-    replaces the earlier one's words (in its place)."""
+    replaces the earlier one's words (in its place) unless its words are all in the earlier one."""
     by_head: dict[str, str] = {}
     for look in looks:
-        by_head[look.split()[-1]] = look
+        head = look.split()[-1]
+        if head not in by_head or not set(look.split()) <= set(by_head[head].split()):
+            by_head[head] = look  # "navy sweater" after "navy knit sweater" keeps the fuller look
     return list(by_head.values())
 
 
@@ -459,7 +470,7 @@ def build_script(prompts: Sequence[str], lex: Lexicon, cast: Sequence[str], scen
         acted_k: set[str] = set()
         for m in mentions[k]:
             key = m.key
-            if key == m.head and m.head in heads:
+            if key.lower() == m.head and m.head in heads:
                 key = heads[m.head]
             heads[m.head] = key
             states = [s for s in m.states if not s.startswith("@")]
@@ -510,7 +521,7 @@ def build_script(prompts: Sequence[str], lex: Lexicon, cast: Sequence[str], scen
 def _adjectives_of(mentions: list[Mention], key: str, heads: dict[str, str]) -> set[str]:
     out: set[str] = set()
     for m in mentions:
-        if m.key == key or (m.key == m.head and heads.get(m.head) == key):
+        if m.key == key or (m.key.lower() == m.head and heads.get(m.head) == key):
             out.update(m.adjectives)
     return out
 
