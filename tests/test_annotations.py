@@ -218,7 +218,7 @@ def test_verify_finds_each_kind_of_problem(tmp_path, official_path, change, kind
 
 # ----------------------------------------------------------------------------- rules on our own prompts
 # Our own sentences (never the official ones), in the shape of the scripts.
-OWN = ["In the tea room, Noah, a tall man with a shaved head and a green apron, lifts a small, sealed cup.",
+OWN = ["In the tea room, Noah, a tall man with a green apron and a shaved head, lifts a small, sealed cup.",
        "In the tea room, Mina enters, then Mina sits. Noah hands the cup to Mina, his green apron creased.",
        "In the tea room, Mina holds the cup. Noah and Kai stand by the window.",
        "In the tea room, Noah and Kai talk; his apron is folded. Clara waves."]
@@ -236,9 +236,9 @@ def _own_annotations(line: dict) -> NarrativeAnnotations:
 def test_rules_read_looks_states_and_objects_from_the_prompts():
     line = build_script(OWN, Lexicon.load(), OWN_CAST, ["tea room"])
     seg = [{e["name"]: e["attributes"] for e in entities} for entities in line["segment_entities"]]
-    assert seg[0] == {"Noah": ["tall man", "shaved head", "green apron"], "cup": ["small", "sealed", "lifted by Noah"]}
+    assert seg[0] == {"Noah": ["tall man", "green apron", "shaved head"], "cup": ["small", "sealed", "lifted by Noah"]}
     assert seg[1]["Mina"] == ["sitting"] and seg[1]["cup"] == ["small", "sealed", "handed by Noah"]
-    assert seg[1]["Noah"] == ["tall man", "shaved head", "green apron"]  # "his green apron": Noah, the only "his"
+    assert seg[1]["Noah"] == ["tall man", "green apron", "shaved head"]  # "his green apron": Noah, the only "his"
     assert seg[2]["Mina"] == ["holding cup"] and seg[2]["cup"] == ["small", "sealed", "held by Mina"]
     assert seg[2]["Kai"] == ["standing"] and "Kai" not in seg[0]  # no look the script never gave Kai
     assert seg[3]["Kai"] == [] and seg[3]["Clara"] == []  # "his apron" with two men: attributed to nobody
