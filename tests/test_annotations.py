@@ -121,6 +121,7 @@ def test_v2_is_the_default_and_v1_stays_loadable_by_name():
     default = load_annotations({})
     assert default.source == "frozen:narrastream-324.v2.jsonl" and default.version == "narrastream-324.v2"
     assert default.rules["segment_weights"].startswith("w-v2 (docs/protocol.md#segment-weights-rule-w-v2)")
+    assert shipped_annotations_path("narrastream-324.v1") == V1 and shipped_annotations_path() == SHIPPED
     old = load_annotations({"version": "narrastream-324.v1"})
     assert old.version == "narrastream-324.v1" and old.sha256 != default.sha256
     assert load_annotations({"version": "narrastream-324.v1", "path": str(SHIPPED)}).version == DEFAULT_VERSION
@@ -251,7 +252,8 @@ def test_rules_read_looks_states_and_objects_from_the_prompts():
 
 
 def test_characters_take_the_places_before_objects():
-    prompts = ["In the tea room, Noah, Mina, Kai and Clara pass a cup and a vase around.", "In the tea room, Kai rests."]
+    prompts = ["In the tea room, Noah, Mina, Kai and Clara pass a cup and a vase around.",
+               "In the tea room, Kai rests."]
     line = build_script(prompts, Lexicon.load(), OWN_CAST, ["tea room"])
     assert [e["name"] for e in line["segment_entities"][0]] == ["Noah", "Mina", "Kai", "Clara"]
     assert "cup" not in line["entity_groups"]  # an object read once and never tagged has no group

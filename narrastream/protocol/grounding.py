@@ -10,8 +10,8 @@ occurs in that text after normalisation (docs/protocol.md, "Grounding"):
 3. two words are the same word when they share a base form: the word itself, or the word minus one
    inflectional suffix (-s, -es, -ies/-y, -ed, -d, -ied/-y, -ing, with a final e restored or a doubled
    consonant undone; -s/-es/-ies only on words of 4+ letters, -ed/-ing on words of 5+), or its entry
-   in :data:`IRREGULAR` (held -> hold, taken -> take). Bases shorter than three letters are not used. Comparatives and derived words stay distinct (longer ≠ long,
-   seated ≠ sit).
+   in :data:`IRREGULAR` (held -> hold, taken -> take). Bases shorter than three letters are not
+   used. Comparatives and derived words stay distinct (longer ≠ long, seated ≠ sit).
 
 So "lifted by Mina" is grounded in "Mina gently lifts the book"; "navy sweaters" in "his navy
 sweater"; "dark green work shirt" is not grounded in a prompt that says only "green shirt".
