@@ -134,6 +134,8 @@ class Mention:
     end: int  # exclusive
     adjectives: list[str]
     states: list[str] = field(default_factory=list)
+    #: (character, attribute) when a character holds or carries it: ("Luca", "holding book")
+    holder: tuple[str, str] | None = None
 
 
 class ScriptRules:
@@ -409,7 +411,7 @@ class ScriptRules:
                 by = ", ".join(subject[:-1]) + " and " + subject[-1] if len(subject) > 1 else "".join(subject)
                 mention.states.append(f"{participle} by {by}" if subject else participle)
                 if verb in holder and len(subject) == 1:
-                    mention.states.append(f"@{subject[0]}:{holder[verb]} {name}")
+                    mention.holder = (subject[0], f"{holder[verb]} {name}")
             found.append(mention)
             i = end
         return found
@@ -440,7 +442,6 @@ def build_script(prompts: Sequence[str], lex: Lexicon, cast: Sequence[str], scen
     # ---- characters
     seen_looks: dict[str, list[str]] = {}
     char_attrs: list[dict[str, list[str]]] = []
-    holders: list[dict[str, list[str]]] = []
     mentions = [rules.mentions(k) for k in range(n)]
     for k in range(n):
         for name, looks in rules.looks(k).items():
@@ -448,46 +449,39 @@ def build_script(prompts: Sequence[str], lex: Lexicon, cast: Sequence[str], scen
         postures = rules.postures(k)
         held: dict[str, list[str]] = {}
         for m in mentions[k]:
-            for s in m.states:
-                if s.startswith("@"):
-                    who, what = s[1:].split(":", 1)
-                    held.setdefault(who, []).append(what)
+            if m.holder:
+                held.setdefault(m.holder[0], []).append(m.holder[1])
         attrs = {}
         for name in rules.named(k):
             looks = seen_looks.get(name, [])[:MAX_LOOKS]
             extra = ([postures[name]] if name in postures else []) + held.get(name, [])
             attrs[name] = list(dict.fromkeys(looks + extra))[:MAX_ATTRIBUTES_PER_ENTITY]
         char_attrs.append(attrs)
-        holders.append(held)
     # ---- objects: one entity per name; a bare head joins the latest entity with that head
-    object_seen: dict[str, list[str]] = {}  # key -> last adjectives
+    last_adjectives: dict[str, list[str]] = {}  # where each object was last described
     heads: dict[str, str] = {}
     seg_objects: list[dict[str, list[str]]] = []
     acted: list[set[str]] = []
     groups_obj: dict[str, list[int]] = {}
     for k in range(n):
-        objs: dict[str, list[str]] = {}
+        adjectives: dict[str, list[str]] = {}
+        states: dict[str, list[str]] = {}
         acted_k: set[str] = set()
         for m in mentions[k]:
-            key = m.key
-            if key.lower() == m.head and m.head in heads:
-                key = heads[m.head]
+            key = heads[m.head] if m.key.lower() == m.head and m.head in heads else m.key
             heads[m.head] = key
-            states = [s for s in m.states if not s.startswith("@")]
-            if states:
+            adjectives.setdefault(key, []).extend(a for a in m.adjectives if a not in adjectives[key])
+            states.setdefault(key, []).extend(a for a in m.states if a not in states[key])
+            if m.states:
                 acted_k.add(key)
-            cur = objs.setdefault(key, [])
-            cur.extend(a for a in [*m.adjectives, *states] if a not in cur)
-            groups_obj.setdefault(key, [])
-            if k not in groups_obj[key]:
+            if k not in groups_obj.setdefault(key, []):
                 groups_obj[key].append(k)
-        for key, attrs in objs.items():
-            adjectives = [a for a in attrs if a in _adjectives_of(mentions[k], key, heads)]
-            if adjectives:
-                object_seen[key] = adjectives
-            elif key in object_seen:
-                attrs[:0] = [a for a in object_seen[key] if a not in attrs]
-            objs[key] = attrs[:MAX_ATTRIBUTES_PER_ENTITY]
+        objs: dict[str, list[str]] = {}
+        for key in adjectives:
+            if adjectives[key]:
+                last_adjectives[key] = adjectives[key]
+            looks = adjectives[key] or last_adjectives.get(key, [])
+            objs[key] = list(dict.fromkeys(looks + states[key]))[:MAX_ATTRIBUTES_PER_ENTITY]
         seg_objects.append(objs)
         acted.append(acted_k)
     # ---- the segment lists: characters first, then acted-on objects, then the others; cap 4
@@ -516,14 +510,6 @@ def build_script(prompts: Sequence[str], lex: Lexicon, cast: Sequence[str], scen
         "segment_entities": segment_entities,
     }
     return apply_overrides(line, overrides)
-
-
-def _adjectives_of(mentions: list[Mention], key: str, heads: dict[str, str]) -> set[str]:
-    out: set[str] = set()
-    for m in mentions:
-        if m.key == key or (m.key.lower() == m.head and heads.get(m.head) == key):
-            out.update(m.adjectives)
-    return out
 
 
 def continuity(rules: ScriptRules) -> list[bool]:
