@@ -81,24 +81,25 @@ def _cmd_serve_judge(args: argparse.Namespace) -> int:
 
 def _cmd_annotations_verify(args: argparse.Namespace) -> int:
     from narrastream.data import load_benchmark
-    from narrastream.protocol.annotations import SHIPPED_ANNOTATIONS
-    from narrastream.paths import benchmark_data_dir
-    from narrastream.protocol.annotation_checks import load_cast, verify
-    from narrastream.protocol.annotations import NarrativeAnnotations
+    from narrastream.protocol.annotation_checks import verify
+    from narrastream.protocol.annotations import DEFAULT_VERSION, NarrativeAnnotations, shipped_annotations_path
 
-    path = Path(args.file) if args.file else benchmark_data_dir() / SHIPPED_ANNOTATIONS
+    path = Path(args.file) if args.file else shipped_annotations_path(args.version or DEFAULT_VERSION)
     annotations = NarrativeAnnotations.load(path)
     bench = load_benchmark(args.path)
-    problems = verify(annotations, bench.scripts, load_cast())
-    for problem in problems[:100]:
+    report = verify(annotations, bench.scripts)
+    shown = args.max_problems
+    for problem in report.problems[:shown]:
         print(f"{path}: {problem}")
-    if len(problems) > 100:
-        print(f"... and {len(problems) - 100} more")
-    entities = sum(len(seg) for a in annotations.scripts.values() for seg in a.segment_entities or ())
-    print(f"{path}: {len(annotations.scripts)} scripts annotated, {bench.total} in {bench.path.name}, "
-          f"{entities} segment entities; sha256 {annotations.sha256}")
-    print(f"{len(problems)} problem(s)" if problems else "ok: every check passed")
-    return EXIT_BAD_INPUT if problems else 0
+    if len(report.problems) > shown:
+        print(f"... and {len(report.problems) - shown} more (--max-problems N shows more)")
+    print(f"{path}: version {annotations.version}, sha256 {annotations.sha256}")
+    print(f"{len(annotations.scripts)} scripts annotated, {bench.total} in {bench.path.name}; "
+          f"{report.entities} segment entities, {report.attributes} attributes")
+    for line in report.summary():
+        print(f"  {line}")
+    print(f"{len(report.problems)} problem(s)" if report.problems else "ok: every check passed")
+    return EXIT_BAD_INPUT if report.problems else 0
 
 
 def _cmd_annotate(args: argparse.Namespace) -> int:
@@ -179,8 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     board.set_defaults(func=_cmd_leaderboard)
 
     ann = sub.add_parser("annotations", help="narrative annotations").add_subparsers(dest="ann_command", required=True)
-    averify = ann.add_parser("verify", help="check an annotations file against the scripts and the cast")
-    averify.add_argument("--file", help="annotations JSONL (default: the shipped frozen file)")
+    averify = ann.add_parser("verify", help="check an annotations file against the scripts: structure, grounding "
+                                             "in the prompts, named characters, placeholder names")
+    which = averify.add_mutually_exclusive_group()
+    which.add_argument("--file", help="annotations JSONL")
+    which.add_argument("--version", help="a shipped version, e.g. narrastream-324.v1 (default: the current one)")
+    averify.add_argument("--max-problems", type=int, default=100, help="problems listed (the counts cover all)")
     averify.add_argument("--path", help="script file (default: $NARRASTREAM_DATA, cache, or download)")
     averify.set_defaults(func=_cmd_annotations_verify)
 

@@ -13,7 +13,14 @@ File format (JSONL, one object per script, keyed by ``script_id``)::
      "segment_entities": [[{"name": "Noah", "attributes": ["shaved head"]}], ...]}
 
 Every field but ``script_id`` is optional; a metric that needs a missing field falls back and says
-so in its record (status ``fallback``). Blank lines and lines starting with ``#`` are comments.
+so in its record (status ``fallback``); other fields (``overrides``) are kept out of the metrics.
+Blank lines and lines starting with ``#`` are comments, except two header lines that the loader
+reads: ``# version: NAME`` (else the version is the file name without ``.jsonl``) and
+``# rules: {json}`` (which rule produced each field).
+
+The shipped files live in ``benchmark_data/annotations/<version>.jsonl``: ``narrastream-324.v2``
+(the default, rebuilt from the prompts by ``tools/build_annotations.py``) and ``narrastream-324.v1``
+(kept for old runs). See docs/protocol.md, "Narrative annotations".
 """
 
 from __future__ import annotations
@@ -86,6 +93,10 @@ class NarrativeAnnotations:
     source: str = "none"
     path: Path | None = None
     sha256: str | None = None
+    #: the file's ``# version:`` header, else its name without ``.jsonl``; None when not from a file
+    version: str | None = None
+    #: the file's ``# rules:`` header: field -> the rule that produced it (docs/protocol.md)
+    rules: dict[str, str] | None = None
 
     def get(self, script_id: int) -> ScriptAnnotations | None:
         return self.scripts.get(script_id)
@@ -101,8 +112,9 @@ class NarrativeAnnotations:
         return ann, None
 
     def identity(self) -> dict[str, Any]:
-        return {"source": self.source, "path": str(self.path) if self.path else None, "sha256": self.sha256,
-                "scripts": len(self.scripts)}
+        """What the run manifest and each record name: records of different versions never merge."""
+        return {"source": self.source, "version": self.version, "path": str(self.path) if self.path else None,
+                "sha256": self.sha256, "scripts": len(self.scripts)}
 
     @classmethod
     def load(cls, path: Path | str, source: str | None = None) -> "NarrativeAnnotations":
@@ -110,7 +122,16 @@ class NarrativeAnnotations:
         if not path.is_file():
             raise AnnotationsError(f"{path}: annotations file not found")
         scripts: dict[int, ScriptAnnotations] = {}
+        version, rules = None, None
         for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if raw.startswith("# version:"):
+                version = raw.split(":", 1)[1].strip() or None
+            elif raw.startswith("# rules:"):
+                try:
+                    rules = json.loads(raw.split(":", 1)[1])
+                except json.JSONDecodeError as exc:
+                    raise AnnotationsError(f"{path}:{number}: the '# rules:' header is not valid JSON ({exc.msg})") \
+                        from None
             if not raw.strip() or raw.lstrip().startswith("#"):
                 continue
             try:
@@ -121,7 +142,8 @@ class NarrativeAnnotations:
             if ann.script_id in scripts:
                 raise AnnotationsError(f"{path}:{number}: script_id {ann.script_id} is annotated twice")
             scripts[ann.script_id] = ann
-        return cls(scripts=scripts, source=source or f"file:{path.name}", path=path, sha256=sha256_file(path))
+        return cls(scripts=scripts, source=source or f"file:{path.name}", path=path, sha256=sha256_file(path),
+                   version=version or path.name.removesuffix(".jsonl"), rules=rules)
 
 
 def parse_script_annotations(obj: Any, where: str = "annotations") -> ScriptAnnotations:
@@ -220,15 +242,27 @@ def annotations_for(items: Iterable[ScriptAnnotations]) -> NarrativeAnnotations:
     return NarrativeAnnotations(scripts={a.script_id: a for a in items}, source="memory")
 
 
-SHIPPED_ANNOTATIONS = "annotations/narrastream-324.v1.jsonl"
+#: the annotations version a run uses unless ``annotations.version`` / ``annotations.path`` say otherwise
+DEFAULT_VERSION = "narrastream-324.v2"
+SHIPPED_VERSIONS = ("narrastream-324.v1", "narrastream-324.v2")
+SHIPPED_ANNOTATIONS = f"annotations/{DEFAULT_VERSION}.jsonl"
+
+
+def shipped_annotations_path(version: str = DEFAULT_VERSION) -> Path:
+    """The shipped file of an annotations version (``benchmark_data/annotations/<version>.jsonl``)."""
+    path = benchmark_data_dir() / "annotations" / f"{version}.jsonl"
+    if not path.is_file():
+        raise AnnotationsError(f"annotations version {version!r} is not shipped (no {path}); shipped: "
+                               f"{', '.join(SHIPPED_VERSIONS)}; or set annotations.path to a file")
+    return path
 
 
 def load_annotations(cfg: Mapping[str, Any], mode: str = "frozen") -> NarrativeAnnotations:
-    """Frozen annotations: ``annotations.path`` if set, else the file shipped in ``benchmark_data/``;
-    ``mode: none`` uses none (metrics then fall back, recorded)."""
+    """Frozen annotations: ``annotations.path`` if set, else the shipped file of ``annotations.version``
+    (default :data:`DEFAULT_VERSION`); ``mode: none`` uses none (metrics then fall back, recorded)."""
     if mode == "none":
         return NarrativeAnnotations()
     if mode != "frozen":
         raise AnnotationsError(f"protocol.annotations={mode!r}: expected frozen, live or none")
-    path = cfg.get("path") or benchmark_data_dir() / SHIPPED_ANNOTATIONS
+    path = cfg.get("path") or shipped_annotations_path(cfg.get("version") or DEFAULT_VERSION)
     return NarrativeAnnotations.load(path, source=f"frozen:{Path(path).name}")
