@@ -146,7 +146,8 @@ def test_participative_compression_chooses_by_the_recent_queries_score():
     expected = per_head / (math.sqrt(HEAD_DIM) * HEADS)
     assert torch.allclose(cache.token_scores(0, keys), expected, rtol=1e-5, atol=1e-5)  # float32, two summation orders
     total = keys.shape[1]
-    top = (expected[2 * t:total - 2 * t].topk(t).indices + 2 * t).sort().values  # budget 5 - sink 2 - recent 2 = 1 frame
+    # top-C: budget 5 - sink 2 - recent 2 = 1 frame of tokens
+    top = (expected[2 * t:total - 2 * t].topk(t).indices + 2 * t).sort().values
     kept = torch.cat([keys_before[:, :2 * t], keys_before[:, top], keys_before[:, total - 2 * t:total - t]], dim=1)
     assert cache.lengths[0] == 4 * t
     sink_kept = cache.k[0, :, :2 * t]
@@ -388,6 +389,18 @@ def test_specs_refuse_what_the_methods_cannot_do():
                       schedule="rolling_window", transition="hard", denoising_steps=(1000, 800, 600, 400, 200))
     with pytest.raises(ValueError, match="budget"):
         DeepSinkPolicy(budget=30)
+
+
+def test_adapter_turns_bad_method_settings_into_config_errors():
+    from narrastream.adapters.base import AdapterConfigError
+    from narrastream.adapters.streaming_wan import StreamingWanGenerator
+
+    params = compose_config(["model=deep_forcing", "preset=tiny"])["model"]["params"]
+    with pytest.raises(AdapterConfigError, match="budget"):
+        StreamingWanGenerator(**{**params, "cache": {**params["cache"], "budget": 30}})
+    params = compose_config(["model=rolling_forcing", "preset=tiny"])["model"]["params"]
+    with pytest.raises(AdapterConfigError, match="window_prompt"):
+        StreamingWanGenerator(**{**params, "schedule": {"policy": "rolling_window", "window_prompt": "middle"}})
 
 
 @pytest.mark.parametrize("model, dit_file, hub", [

@@ -54,9 +54,9 @@ class RollingAnchorPolicy:
         if not 0 < self.anchor_frames < self.cache_frames:
             raise ValueError(f"anchor of {self.anchor_frames} frames must be in (0, cache_frames={self.cache_frames})")
         if self.local_attn_size > self.cache_frames - self.anchor_frames:
+            kept = self.cache_frames - self.anchor_frames
             raise ValueError(f"cache.local_attn_size={self.local_attn_size}: a context pass attends up to that many "
-                             f"committed frames, more than the {self.cache_frames - self.anchor_frames} the cache keeps "
-                             "besides the anchor")
+                             f"committed frames, more than the {kept} the cache keeps besides the anchor")
         if self.local_attn_size % self.anchor_frames:
             raise ValueError(f"cache.local_attn_size={self.local_attn_size} must be a multiple of the block "
                              f"({self.anchor_frames} frames), so a context pass never takes part of the anchor")
@@ -228,6 +228,7 @@ def generate_rolling(pipe: Any, prompts: Sequence[str], *, seed: int, seconds_pe
                 if wanted != prompt:
                     with clock.section("switch"):
                         cache.cross_attn.reset()  # hard: the next forward computes the new prompt's K/V
+                    logger.debug("window %d (blocks %d..%d): prompt %d", w, first, last, wanted)
                     prompt = wanted
                 context = contexts[prompt:prompt + 1]
                 inputs, times = [], []
