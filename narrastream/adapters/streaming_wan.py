@@ -1,6 +1,7 @@
 """``streaming_wan``: the causal Wan2.1-T2V-1.3B streaming generator (:mod:`narrastream.streaming`)
-as an adapter. Self-Forcing, LongLive, MemFlow and the IAMFlow backbone are configurations of it
-(``eval_configs/model/``): cache, transition and memory policies plus their checkpoint files.
+as an adapter. Self-Forcing, LongLive, MemFlow, the IAMFlow backbone, Deep Forcing and Rolling Forcing are
+configurations of it (``eval_configs/model/``): cache, transition, memory and schedule policies plus their
+checkpoint files.
 
 Weights (``weights``): ``dit`` (a ``.safetensors``/``.pt`` generator checkpoint, or IAMFlow's FP8
 safetensors), optional ``lora`` (PEFT, merged into the base before quantization), and ``wan``, the
@@ -54,15 +55,20 @@ class StreamingWanGenerator(Generator):
                  denoising_steps: Sequence[int] = (1000, 750, 500, 250), size: str = "full", seed: int = 0,
                  weights: Mapping[str, Any] | None = None, fp8: bool = False, dtype: str = "bfloat16",
                  device: str = "auto", crf: int = 18, architecture: Mapping[str, Any] | None = None,
-                 iam: Mapping[str, Any] | None = None, model_name: str | None = None) -> None:
+                 iam: Mapping[str, Any] | None = None, model_name: str | None = None,
+                 schedule: Mapping[str, Any] | None = None) -> None:
         from narrastream.streaming.pipeline import StreamingSpec
 
         if size not in ("full", "tiny"):
             raise AdapterConfigError(f"model.params.size={size!r}: expected full or tiny")
         self.method = method
-        self.spec = StreamingSpec.from_config({"cache": dict(cache), "transition": dict(transition),
-                                               "memory": dict(memory or {}), "block_frames": block_frames,
-                                               "denoising_steps": list(denoising_steps)})
+        try:
+            self.spec = StreamingSpec.from_config({"cache": dict(cache), "transition": dict(transition),
+                                                   "memory": dict(memory or {}), "block_frames": block_frames,
+                                                   "denoising_steps": list(denoising_steps),
+                                                   "schedule": dict(schedule or {})})
+        except (TypeError, ValueError) as exc:  # a bad policy value or key: a config error, exit 2
+            raise AdapterConfigError(f"model.params ({method}): {exc}") from exc
         self.size, self.seed, self.fp8, self.crf = size, int(seed), bool(fp8), int(crf)
         self.weights = dict(weights or {})
         self.dtype = getattr(torch, dtype) if size == "full" else torch.float32
@@ -173,7 +179,8 @@ class StreamingWanGenerator(Generator):
                 raise ValueError(f"{dit_path} is already FP8: merge the LoRA before quantization, not after")
             load_fp8_checkpoint(dit, dit_path)
         else:
-            load_wan_state_dict(dit, dit_path, key=dit_entry.get("key"), strip_prefix=dit_entry.get("strip_prefix"))
+            load_wan_state_dict(dit, dit_path, key=dit_entry.get("key"), strip_prefix=dit_entry.get("strip_prefix"),
+                                drop_key_parts=tuple(dit_entry.get("drop_key_parts") or ()))
             if lora_path is not None:
                 dit = merge_lora(dit, lora_path)
             dit = dit.to(self.dtype)
@@ -421,6 +428,16 @@ def _judge_load_error(key: str, cfg: Mapping[str, Any], role: str, exc: Exceptio
 
 
 def _policies(spec) -> dict[str, Any]:
-    return {"cache": spec.cache.kind, "local_attn_size": spec.cache.local_attn_size, "sink_size": spec.cache.sink_size,
-            "sma": spec.cache.sma, "transition": spec.transition, "memory": spec.memory, "bank_size": spec.bank_size,
-            "block_frames": spec.block_frames, "denoising_steps": list(spec.denoising_steps)}
+    from dataclasses import asdict
+
+    cache = {k: v for k, v in asdict(spec.cache).items() if k not in ("kind", "sma", "sma_top_k")}
+    policies = {"cache": spec.cache.kind, "local_attn_size": spec.cache.local_attn_size,
+                "sink_size": getattr(spec.cache, "sink_size", getattr(spec.cache, "anchor_frames", 0)),
+                "sma": spec.cache.sma, "transition": spec.transition, "memory": spec.memory,
+                "bank_size": spec.bank_size, "block_frames": spec.block_frames,
+                "denoising_steps": list(spec.denoising_steps)}
+    if spec.cache.kind in ("deep_sink", "rolling_anchor"):  # their own geometry (budget, recent, cache_frames...)
+        policies["cache_params"] = cache
+    if spec.schedule != "block":
+        policies["schedule"] = {"policy": spec.schedule, "window_prompt": spec.window_prompt}
+    return policies

@@ -68,6 +68,12 @@ class CachePolicy:
         """Non-sink frames attended per forward, current block included."""
         return self.local_attn_size - self.sink_size
 
+    def make_cache(self, **args: object) -> "SelfAttentionKVCache":
+        """The self-attention cache this policy runs (``CausalWanTransformer.new_cache`` calls it; other
+        policies, e.g. :class:`~narrastream.streaming.deep_sink.DeepSinkPolicy`, build their own)."""
+        args.pop("rope", None)
+        return SelfAttentionKVCache(self, **args)  # type: ignore[arg-type]
+
 
 def _frames(x: torch.Tensor, first: int, count: int, frame_tokens: int) -> torch.Tensor:
     """Token slice of ``count`` frames starting at frame ``first`` along dim 1 (a view)."""
@@ -146,6 +152,14 @@ class SelfAttentionKVCache:
                 f"{self.policy.local_budget} frames"
             )
 
+    def begin_forward(self, start_frame: int, num_frames: int, commit: bool) -> None:
+        """Called once per DiT forward before any layer attends (caches that act per forward use it)."""
+        self.check_block(start_frame, num_frames)
+
+    def summary(self) -> dict:
+        """What the cache did over a video, for the sidecar (nothing to say for the sink/rolling window)."""
+        return {}
+
     def _ring_slots(self, first: int, count: int) -> list[tuple[int, int]]:
         """Contiguous (slot, length) runs of ``count`` ring frames starting ``first`` frames after head."""
         runs: list[tuple[int, int]] = []
@@ -165,11 +179,12 @@ class SelfAttentionKVCache:
 
     # ----- attention -----------------------------------------------------------------------------------
     def attention_kv(
-        self, layer: int, k_cur: torch.Tensor, v_cur: torch.Tensor
+        self, layer: int, k_cur: torch.Tensor, v_cur: torch.Tensor, q: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(sink_k, sink_v, local_k, local_v) [B, tokens, heads, head_dim] for the current block.
 
-        Views of the committed buffers plus the current block; nothing is written."""
+        Views of the committed buffers plus the current block; nothing is written. ``q`` (the block's
+        queries after RoPE) is unused here; Deep Forcing's compression scores the cache with it."""
         num_frames = k_cur.shape[1] // self.frame_tokens
         into_sink, _ = self._split_block(num_frames)
         split = into_sink * self.frame_tokens

@@ -17,6 +17,11 @@ Per block of ``block_frames`` latent frames (``switches.plan_switches`` says whi
 Timings follow the released profiler's "comparable metrics": end to end, the loop without output
 decode, core DiT (denoise + context forwards), method overhead (loop - core DiT: switches, re-cache,
 memory), output decode; CUDA is synchronised at each boundary when the model is on a GPU.
+
+Deep Forcing runs this loop with its own self-attention cache (``cache.policy: deep_sink``,
+:mod:`~narrastream.streaming.deep_sink`); Rolling Forcing replaces the loop by its rolling window
+(``schedule: rolling_window``, :func:`narrastream.streaming.rolling.generate_rolling`), with the same timing
+boundaries.
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from narrastream.streaming.deep_sink import DeepSinkPolicy
 from narrastream.streaming.kv_cache import CachePolicy
 from narrastream.streaming.memory import MemoryAgent, StreamState, build_memory
+from narrastream.streaming.rolling import WINDOW_PROMPTS, RollingAnchorPolicy
 from narrastream.streaming.sampler import CONTEXT_TIMESTEP, FewStepSampler, draw_noise, warp_denoising_steps
 from narrastream.streaming.switches import SwitchPlan, plan_switches
 from narrastream.streaming.transition import (
@@ -47,13 +54,17 @@ from narrastream.streaming.wan_model import CausalWanTransformer
 
 log = logging.getLogger(__name__)
 TRANSITIONS = ("hard", "soft", "kv_recache")
+SCHEDULES = ("block", "rolling_window")
+CACHE_POLICIES = ("sink", "rolling", "deep_sink", "rolling_anchor")
+AnyCachePolicy = CachePolicy | DeepSinkPolicy | RollingAnchorPolicy
 
 
 @dataclass(frozen=True)
 class StreamingSpec:
-    """What distinguishes Self-Forcing, LongLive, MemFlow and the IAMFlow backbone."""
+    """What distinguishes Self-Forcing, LongLive, MemFlow, the IAMFlow backbone, Deep Forcing and Rolling
+    Forcing: the self-attention cache, the prompt transition, the memory, the denoising schedule."""
 
-    cache: CachePolicy = field(default_factory=CachePolicy)
+    cache: AnyCachePolicy = field(default_factory=CachePolicy)
     transition: str = "soft"
     recache: str = "one_forward"  # kv_recache only: the release's one forward, or ours block by block
     spt: SptConfig = field(default_factory=SptConfig)
@@ -62,30 +73,73 @@ class StreamingSpec:
     record_interval: int = 3
     block_frames: int = 3
     denoising_steps: tuple[int, ...] = (1000, 750, 500, 250)
+    schedule: str = "block"  # block: a block's steps, then its context pass; rolling_window: Rolling Forcing
+    window_prompt: str = "newest"  # rolling_window: which block's prompt conditions a window
 
     def __post_init__(self) -> None:
         if self.transition not in TRANSITIONS:
             raise ValueError(f"transition policy {self.transition!r}: expected one of {', '.join(TRANSITIONS)}")
         if self.recache not in RECACHE_MODES:
             raise ValueError(f"transition.recache={self.recache!r}: expected one of {', '.join(RECACHE_MODES)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule.policy={self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+        if self.window_prompt not in WINDOW_PROMPTS:
+            raise ValueError(f"schedule.window_prompt={self.window_prompt!r}: expected one of "
+                             f"{', '.join(WINDOW_PROMPTS)}")
+        special = not isinstance(self.cache, CachePolicy)
+        if special and self.memory != "none":
+            raise ValueError(f"cache.policy={self.cache.kind} has no memory bank: memory.policy must be none")
+        if special and self.transition == "kv_recache":
+            raise ValueError(f"cache.policy={self.cache.kind}: the KV re-cache rewrites a contiguous local window, "
+                             "which this cache does not keep; use transition.policy hard or soft")
+        if isinstance(self.cache, DeepSinkPolicy):
+            self.cache.check_block_frames(self.block_frames)
+        if (self.schedule == "rolling_window") != isinstance(self.cache, RollingAnchorPolicy):
+            raise ValueError("schedule.policy=rolling_window and cache.policy=rolling_anchor go together "
+                             "(Rolling Forcing's window attends through its anchor cache)")
+        if self.schedule == "rolling_window":
+            if self.transition != "hard":
+                raise ValueError("Rolling Forcing's window is conditioned on one prompt per forward: "
+                                 "transition.policy must be hard")
+            if self.cache.anchor_frames != self.block_frames:
+                raise ValueError(f"the anchor is the first block: cache.anchor_frames={self.cache.anchor_frames} "
+                                 f"!= block_frames={self.block_frames}")
+            self.cache.check_window(len(self.denoising_steps) * self.block_frames)
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> "StreamingSpec":
-        """From the ``model.params`` of ``eval_configs/model/*.yaml`` (cache / transition / memory groups)."""
+        """From the ``model.params`` of ``eval_configs/model/*.yaml`` (cache / transition / memory /
+        schedule groups)."""
         cache = dict(cfg.get("cache") or {})
         kind = cache.pop("policy", "sink")
-        policy = CachePolicy.rolling(**{k: v for k, v in cache.items() if k != "sink_size"}) if kind == "rolling" \
-            else CachePolicy.sink(**cache)
+        block_frames = int(cfg.get("block_frames", 3))
+        if kind not in CACHE_POLICIES:
+            raise ValueError(f"cache.policy={kind!r}: expected one of {', '.join(CACHE_POLICIES)}")
+        policy: AnyCachePolicy
+        if kind == "rolling":
+            policy = CachePolicy.rolling(**{k: v for k, v in cache.items() if k != "sink_size"})
+        elif kind == "deep_sink":
+            policy = DeepSinkPolicy(**cache)
+        elif kind == "rolling_anchor":
+            policy = RollingAnchorPolicy(anchor_frames=block_frames, **cache)
+        else:
+            policy = CachePolicy.sink(**cache)
         transition = dict(cfg.get("transition") or {})
         memory = dict(cfg.get("memory") or {})
+        schedule = dict(cfg.get("schedule") or {})
+        unknown = set(schedule) - {"policy", "window_prompt"}
+        if unknown:
+            raise ValueError(f"schedule: unknown keys {sorted(unknown)} (expected policy, window_prompt)")
         spt = {k: v for k, v in transition.items() if k not in ("policy", "recache")}
-        spt.setdefault("frames_per_block", int(cfg.get("block_frames", 3)))
+        spt.setdefault("frames_per_block", block_frames)
         return cls(cache=policy, transition=str(transition.get("policy", "soft")),
                    recache=str(transition.get("recache", "one_forward")), spt=SptConfig(**spt),
                    memory=str(memory.get("policy", "none")), bank_size=int(memory.get("bank_size", 0)),
                    record_interval=int(memory.get("record_interval", 3)),
-                   block_frames=int(cfg.get("block_frames", 3)),
-                   denoising_steps=tuple(int(s) for s in cfg.get("denoising_steps", (1000, 750, 500, 250))))
+                   block_frames=block_frames,
+                   denoising_steps=tuple(int(s) for s in cfg.get("denoising_steps", (1000, 750, 500, 250))),
+                   schedule=str(schedule.get("policy", "block")),
+                   window_prompt=str(schedule.get("window_prompt", "newest")))
 
 
 @dataclass
@@ -139,6 +193,11 @@ class StreamingWanPipeline:
                  height: int, width: int, memory_agent: MemoryAgent | None = None) -> StreamResult:
         """One video; ``memory_agent`` (per video, e.g. IAMFlow's agent for this script) overrides the
         pipeline's agent for the ``identity`` memory policy."""
+        if self.spec.schedule == "rolling_window":
+            from narrastream.streaming.rolling import generate_rolling
+
+            return generate_rolling(self, prompts, seed=seed, seconds_per_segment=seconds_per_segment, fps=fps,
+                                    height=height, width=width)
         spec, dit, device = self.spec, self.dit, self.device
         clock = _Clock(device)
         if device.type == "cuda":
@@ -205,22 +264,13 @@ class StreamingWanPipeline:
             with clock.section("loop"), clock.section("memory"):
                 _hook(memory, "on_video_end", state)
         video = to_uint8_frames(torch.cat(pixels, dim=2)).numpy()
-        t = clock.totals
-        timings = {
-            "end_to_end": t["total"], "text_encode": t.get("text_encode", 0.0), "loop": t.get("loop", 0.0),
-            "core_dit": t.get("dit", 0.0) - t.get("recache", 0.0), "switch": t.get("switch", 0.0),
-            "memory": t.get("memory", 0.0), "output_decode": t.get("decode", 0.0),
-        }
-        timings["method_overhead"] = timings["loop"] - timings["core_dit"]
-        timings["pixel_fps"] = len(video) / t["total"] if t["total"] else 0.0
-        peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        timings, peak = stream_timings(clock, len(video), device)
         details = {"prompt_distances": distances, "dit_forwards": plan.num_blocks * (len(self.timesteps) + 1),
                    "num_blocks": plan.num_blocks,
-                   "residual_dtype": str(dit.residual_dtype).removeprefix("torch.")}
+                   "residual_dtype": str(dit.residual_dtype).removeprefix("torch."), **cache.self_attn.summary()}
         if spec.transition == "kv_recache":
             details["recache"] = spec.recache
-        return StreamResult(frames=video, plan=plan, timings=timings, peak_memory_bytes=int(peak), details=details)
+        return StreamResult(frames=video, plan=plan, timings=timings, peak_memory_bytes=peak, details=details)
 
     def _switch(self, cache: Any, bank: Any, contexts: torch.Tensor, previous: int, prompt: int, start: int,
                 latents: torch.Tensor, distances: list[float], clock: _Clock) -> SoftTransition | None:
@@ -276,6 +326,21 @@ class StreamingWanPipeline:
             kv.rewind(first)
         self.dit(latents[:, :, first:start], CONTEXT_TIMESTEP, context, start_frame=first, cache=cache, bank=bank,
                  commit=True)
+
+
+def stream_timings(clock: _Clock, num_frames: int, device: torch.device) -> tuple[dict[str, float], int]:
+    """The profiler's comparable timings from the clock's sections, and the peak memory in bytes."""
+    t = clock.totals
+    timings = {
+        "end_to_end": t["total"], "text_encode": t.get("text_encode", 0.0), "loop": t.get("loop", 0.0),
+        "core_dit": t.get("dit", 0.0) - t.get("recache", 0.0), "switch": t.get("switch", 0.0),
+        "memory": t.get("memory", 0.0), "output_decode": t.get("decode", 0.0),
+    }
+    timings["method_overhead"] = timings["loop"] - timings["core_dit"]
+    timings["pixel_fps"] = num_frames / t["total"] if t["total"] else 0.0
+    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return timings, int(peak)
 
 
 def _hook(memory: Any, name: str, state: StreamState) -> None:

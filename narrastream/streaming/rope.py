@@ -5,7 +5,9 @@ between the time, height and width axes as Wan does: height and width get ``pair
 gets the rest (22/21/21 for head_dim 128). Each axis has its own frequency ladder
 ``theta ** (-k / axis_pairs)``. The time index is the ABSOLUTE latent frame index (the caller passes the
 block's first frame), so keys stored after RoPE keep their original temporal position wherever they are
-attended from later (sink frames, memory-bank frames).
+attended from later (sink frames, memory-bank frames). :meth:`Rope3D.shift_time` moves stored keys along
+the time axis afterwards (Deep Forcing's and Rolling Forcing's sinks are re-placed next to the frames
+they are attended with).
 """
 
 from __future__ import annotations
@@ -73,3 +75,23 @@ class Rope3D:
         rot = self.rotations(start_frame, grid, x.device).view(1, length, 1, -1)
         pairs = torch.view_as_complex(x.to(torch.float64).reshape(batch, length, heads, -1, 2))
         return torch.view_as_real(pairs * rot).flatten(3).to(x.dtype)
+
+    def shift_time(self, x: torch.Tensor, delta: int) -> torch.Tensor:
+        """Keys ``x`` [B, L, heads, head_dim] already rotated at some frames, moved ``delta`` frames along the
+        time axis (a new tensor in ``x``'s dtype; height/width channels untouched).
+
+        RoPE rotations compose, so RoPE(k, p) shifted by d equals RoPE(k, p + d) up to the rounding of the
+        stored keys; computed in float64 like :meth:`apply`."""
+        if delta == 0:
+            return x
+        if abs(delta) >= self.max_positions:
+            raise ValueError(f"time shift of {delta} frames outside the table of {self.max_positions} positions")
+        batch, length, heads, dim = x.shape
+        if dim != self.head_dim:
+            raise ValueError(f"RoPE built for head_dim {self.head_dim}, got tensor with last dim {dim}")
+        time_pairs = self.split[0]
+        rot = self._tables(x.device)[0][abs(delta)]
+        rot = rot.conj() if delta < 0 else rot
+        pairs = torch.view_as_complex(x.to(torch.float64).reshape(batch, length, heads, -1, 2)).clone()
+        pairs[..., :time_pairs] *= rot
+        return torch.view_as_real(pairs).flatten(3).to(x.dtype)

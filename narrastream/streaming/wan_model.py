@@ -58,7 +58,6 @@ from .kv_cache import (
     CachePolicy,
     CrossAttentionCache,
     MemoryBank,
-    SelfAttentionKVCache,
     StreamingCache,
     sma_select,
 )
@@ -288,8 +287,8 @@ class CausalWanTransformer(nn.Module):
     def new_cache(self, batch_size: int, latent_height: int, latent_width: int, policy: CachePolicy | None = None,
                   *, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> StreamingCache:
         """Empty self-attention KV cache (per ``policy``) and cross-attention cache for one stream."""
-        kv = SelfAttentionKVCache(policy or CachePolicy(), **self._cache_args(batch_size, latent_height,
-                                                                             latent_width, device, dtype))
+        kv = (policy or CachePolicy()).make_cache(rope=self.rope, **self._cache_args(batch_size, latent_height,
+                                                                                   latent_width, device, dtype))
         return StreamingCache(self_attn=kv, cross_attn=CrossAttentionCache())
 
     def new_memory_bank(self, capacity: int, batch_size: int, latent_height: int, latent_width: int, *,
@@ -376,7 +375,7 @@ class CausalWanTransformer(nn.Module):
         tokens, grid = self._patchify(x)
         if grid[1] * grid[2] != kv.frame_tokens:
             raise ValueError(f"block has {grid[1] * grid[2]} tokens per frame, the cache {kv.frame_tokens}")
-        kv.check_block(start_frame, grid[0])
+        kv.begin_forward(start_frame, grid[0], commit)
         self._prepare_cross(cache.cross_attn, context)
         use_bank = bank is not None and bank.length > 0
         policy = kv.policy
@@ -387,7 +386,7 @@ class CausalWanTransformer(nn.Module):
         e, e0 = self._time(t, x.shape[0], grid[0], x.device)
         for i, block in enumerate(self.blocks):
             def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: int = i) -> torch.Tensor:
-                sink_k, sink_v, local_k, local_v = kv.attention_kv(i, k, v)
+                sink_k, sink_v, local_k, local_v = kv.attention_kv(i, k, v, q)
                 if use_bank:
                     assert bank is not None
                     bank_k, bank_v = bank.layer_kv(i)
@@ -466,12 +465,15 @@ def load_wan_state_dict(
     *,
     key: str | None = None,
     strip_prefix: str | None = None,
+    drop_key_parts: Sequence[str] = (),
 ) -> None:
     """Load an original-Wan-named state dict (``.safetensors``, ``.pt``/``.pth`` or a mapping) strictly.
 
-    ``key`` selects a nested dict (e.g. ``"generator_ema"`` in a Self-Forcing ``.pt``); ``strip_prefix``
-    removes a prefix (e.g. ``"model."``) that every key must carry. Raises ``ValueError`` listing
-    missing, unexpected and mis-shaped keys."""
+    ``key`` selects a nested dict (e.g. ``"generator_ema"`` in a Self-Forcing ``.pt``); ``drop_key_parts``
+    removes substrings wherever they occur (e.g. ``"_fsdp_wrapped_module."``, which Rolling Forcing's
+    ``inference.py`` removes from its EMA weights); then ``strip_prefix`` removes a prefix (e.g.
+    ``"model."``) that every key must carry. Raises ``ValueError`` listing missing, unexpected and
+    mis-shaped keys."""
     name = "<state dict>"
     if isinstance(source, (str, Path)):
         path = Path(source)
@@ -490,6 +492,11 @@ def load_wan_state_dict(
         if key not in state:
             raise KeyError(f"{name} has no entry {key!r} (top-level keys: {sorted(state)[:10]})")
         state = state[key]  # type: ignore[assignment]
+    for part in drop_key_parts:
+        renamed = {k.replace(part, ""): v for k, v in state.items()}
+        if len(renamed) != len(state):
+            raise ValueError(f"{name}: removing {part!r} from the keys makes two keys equal")
+        state = renamed
     if strip_prefix is not None:
         bad = [k for k in state if not k.startswith(strip_prefix)]
         if bad:
