@@ -21,7 +21,7 @@ import os
 import socket
 import threading
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,7 @@ def _fetch(url: str, part: Path, meta: Path, offset: int, *, timeout: tuple[floa
     """One request: append to (or restart) the partial file; the sha256 of the whole file, or None to
     ask again from zero (the server refused the range)."""
     import requests
+    import urllib3
     from tqdm.auto import tqdm
 
     from narrastream import __version__
@@ -213,16 +214,27 @@ def _fetch(url: str, part: Path, meta: Path, offset: int, *, timeout: tuple[floa
                 tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
                      disable=not progress, leave=True) as bar:
             try:
-                for chunk in response.iter_content(_CHUNK):
+                for chunk in _body(response):
                     out.write(chunk)
                     hasher.update(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
-            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
                 raise _Interrupted(type(exc).__name__) from None
         if total is not None and received != total:
             raise _Interrupted(f"received {received} of {total} bytes")
         return hasher.hexdigest()
+
+
+def _body(response: Any) -> Iterator[bytes]:
+    """The body as it arrives: ``read1`` hands over every byte received before a connection drops (a
+    fixed-size read would discard its partly filled buffer), so a resumed download loses nothing."""
+    read1 = getattr(response.raw, "read1", None)  # urllib3 >= 2
+    if read1 is None:
+        yield from response.iter_content(1 << 16)
+        return
+    while chunk := read1(_CHUNK):
+        yield chunk
 
 
 def _read_meta(meta: Path) -> dict[str, Any]:
@@ -337,16 +349,18 @@ def hub_file(repo: str, filename: str, *, allow_download: bool, local_dir: Path 
 
 
 def hub_snapshot(repo: str, *, allow_patterns: Iterable[str] | None, allow_download: bool,
-                 local_dir: Path | None = None) -> Path | None:
-    """A repository's files (``allow_patterns``): the cached snapshot, else (``allow_download``) a
-    ``snapshot_download`` (into the cache, or ``local_dir``). None when not cached and downloads are off.
-    Callers check that the folder holds what they need (a cached snapshot may be partial)."""
+                 local_dir: Path | None = None, cache_dir: Path | None = None) -> Path | None:
+    """A repository's files (``allow_patterns``): the cached snapshot (in ``cache_dir``, default the
+    Hugging Face cache), else (``allow_download``) a ``snapshot_download`` (into that cache, or into
+    ``local_dir``). None when not cached and downloads are off. Callers check that the folder holds
+    what they need (a cached snapshot may be partial)."""
     from huggingface_hub import snapshot_download
 
     patterns = list(allow_patterns) if allow_patterns is not None else None
+    cache = str(cache_dir) if cache_dir is not None else None
     if local_dir is None:
         try:
-            return Path(snapshot_download(repo, allow_patterns=patterns, local_files_only=True))
+            return Path(snapshot_download(repo, allow_patterns=patterns, local_files_only=True, cache_dir=cache))
         except _hub_errors() as exc:
             log.debug("hf://%s: not in the Hugging Face cache (%s)", repo, exc)
     if not allow_download:
@@ -355,7 +369,7 @@ def hub_snapshot(repo: str, *, allow_patterns: Iterable[str] | None, allow_downl
     _check_can_download(what)
     log.info("downloading %s (%s)", what, ", ".join(patterns or ["all files"]))
     try:
-        return Path(snapshot_download(repo, allow_patterns=patterns,
+        return Path(snapshot_download(repo, allow_patterns=patterns, cache_dir=cache,
                                       local_dir=str(local_dir) if local_dir is not None else None))
     except _hub_errors() as exc:
         raise DownloadError(f"{what}: {type(exc).__name__}: {exc}") from None

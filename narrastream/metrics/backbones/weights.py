@@ -192,6 +192,12 @@ def record_resolved(name: str, facts: dict[str, Any]) -> None:
         _resolved[name] = dict(facts)
 
 
+def forget_resolved() -> None:
+    """Start a new record (one run of several in a process)."""
+    with _resolved_lock:
+        _resolved.clear()
+
+
 def resolved_weights() -> dict[str, dict[str, Any]]:
     """Every weights file or folder this process resolved, by name: ``{path, size, sha256, pinned_sha256,
     hub_sha256, verified, source, origin}`` (folders: ``{path, sha256, files: {relative path: {size,
