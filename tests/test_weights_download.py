@@ -407,6 +407,21 @@ def test_weights_download_of_a_hub_file_lands_under_its_own_name(server, tmp_pat
     assert (target / "raft-things.pth").read_bytes() == BLOB and sorted(p.name for p in target.iterdir()) == [
         "raft-things.pth"]
 
+    # the sha256 the hub states (the etag huggingface_hub records for the download) must match
+    from huggingface_hub._local_folder import write_download_metadata
+
+    def lying(repo_id, filename, local_files_only=False, local_dir=None, **kwargs):
+        path = Path(fake(repo_id, filename, local_files_only, local_dir))
+        write_download_metadata(Path(local_dir), filename, "c" * 40, sha(b"another file"))
+        return str(path)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lying)
+    other = tmp_path / "other"
+    assert cli.main(["weights", "download", "raft_things", "--dir", str(other), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "raft_things: FAILED" in err and sha(b"another file") in err and "the sha256 the hub states" in err
+    assert not other.exists() or list(other.iterdir()) == []  # nothing kept, the staging folder removed
+
 
 def test_weights_verify_a_folder(tmp_path, monkeypatch, capsys):
     folder = tmp_path / "weights"
