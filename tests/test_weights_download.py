@@ -98,6 +98,14 @@ class FileServer:
         self.thread.join()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_probes(monkeypatch):
+    """Reachability is remembered per host and process; local ports are reused between tests."""
+    import narrastream.download
+
+    monkeypatch.setattr(narrastream.download, "_probes", {})
+
+
 @pytest.fixture
 def server(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # the suite runs offline; these tests use 127.0.0.1 only
@@ -465,3 +473,18 @@ def test_json_of_a_partial_download_is_reused_only_for_the_same_url(server, tmp_
     download_url(f"{server.url}/b.pth", dest, sha256=sha(BLOB[::-1]), progress=False)  # another URL: from zero
     assert "Range" not in server.requests[-1] and dest.read_bytes() == BLOB[::-1]
     assert os.listdir(tmp_path) == ["model.pth"]
+
+
+def test_iamflow_llm_without_network_is_refused_before_the_hub_client_retries(tmp_path, monkeypatch):
+    from narrastream.adapters.streaming_wan import _hub_model_unreachable
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    cfg = {"backend": "local", "model": "org/llm", "local_files_only": False}
+    reason = _hub_model_unreachable(cfg)
+    assert reason and "not in the Hugging Face cache, and the hub (http://127.0.0.1:" in reason
+    assert _hub_model_unreachable({**cfg, "local_files_only": True}) is None  # not to be downloaded anyway
+    assert _hub_model_unreachable({**cfg, "model": str(tmp_path)}) is None   # a folder
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert _hub_model_unreachable(cfg) is None  # transformers refuses at once by itself
