@@ -186,21 +186,29 @@ def _cmd_weights_download(args: argparse.Namespace) -> int:
 
     if not args.names and not args.all:
         raise ValueError("name the weights to download (see `narrastream weights list`), or pass --all")
-    if args.mirror:
-        os.environ[MIRROR_ENV] = args.mirror
     entries = catalog()
     chosen = select(["all"] if args.all else args.names, entries)
     directory = _weights_dir(args)
     print(f"weights folder: {directory}")
     failed = 0
-    for entry in chosen:
-        try:
-            what, path = download(entry, directory, progress=not args.quiet)
-        except (DownloadError, ChecksumError) as exc:
-            failed += 1
-            print(f"{entry.name}: FAILED: {exc}", file=sys.stderr)
-            continue
-        print(f"{entry.name}: {what}: {path}")
+    previous = os.environ.get(MIRROR_ENV)
+    if args.mirror:
+        os.environ[MIRROR_ENV] = args.mirror
+    try:
+        for entry in chosen:
+            try:
+                what, path = download(entry, directory, progress=not args.quiet)
+            except (DownloadError, ChecksumError) as exc:
+                failed += 1
+                print(f"{entry.name}: FAILED: {exc}", file=sys.stderr)
+                continue
+            print(f"{entry.name}: {what}: {path}")
+    finally:  # main() may be called in-process (tests, notebooks): leave the environment as it was
+        if args.mirror:
+            if previous is None:
+                os.environ.pop(MIRROR_ENV, None)
+            else:
+                os.environ[MIRROR_ENV] = previous
     if any(e.kind == "hub-cache" for e in chosen):
         print(f"models loaded by hub id (the IAMFlow LLM) are in {directory / 'hub'}: set HF_HUB_CACHE={directory / 'hub'}")
     print(f"use it with: export NARRASTREAM_WEIGHTS={directory}" + ("" if not failed else f"  ({failed} failed)"))

@@ -393,6 +393,7 @@ def test_weights_download_into_a_folder_from_a_mirror(server, tmp_path, capsys):
     assert "pass --all" in capsys.readouterr().err
     assert cli.main(["weights", "download", "dinov2", "--dir", str(target)]) == 2
     assert "unknown weights 'dinov2'" in capsys.readouterr().err
+    assert "NARRASTREAM_WEIGHTS_MIRROR" not in os.environ  # --mirror is for that command only
 
 
 def test_weights_download_of_a_hub_file_lands_under_its_own_name(server, tmp_path, monkeypatch, capsys):
