@@ -1,5 +1,5 @@
 """The ``narrastream`` console script: data checks and export, narrative annotations (verify, annotate),
-protocol checks, leaderboards, registry listings, and ``serve-judge``.
+protocol checks, leaderboards, registry listings, model weights (list, download, verify), and ``serve-judge``.
 
 Runs themselves go through the Hydra app ``python -m narrastream.run``. Exit code 2 means bad input
 (the message names the file, line and problem).
@@ -155,6 +155,91 @@ def _cmd_check_reference(args: argparse.Namespace) -> int:
     return 0 if worst < args.tolerance else 1
 
 
+def _weights_dir(args: argparse.Namespace) -> Path:
+    from narrastream.weights_catalog import default_dir
+
+    return Path(args.dir).expanduser() if args.dir else default_dir()
+
+
+def _cmd_weights_list(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from narrastream.weights_catalog import catalog, groups
+
+    entries = catalog()
+    rows = [[e.name, e.kind, e.relative, e.source, "yes" if e.pinned else "no", ", ".join(e.used_by)]
+            for e in entries.values()]
+    print(tabulate(rows, headers=["name", "kind", "goes to", "published at", "sha256 pinned", "used by"]))
+    print("\ngroups: " + ", ".join(sorted(g for g in groups(entries) if g not in entries)))
+    print("Each file is its publisher's, under the publisher's terms (their pages: `narrastream weights list "
+          "--pages`); narrastream never re-hosts weights.")
+    if args.pages:
+        for e in entries.values():
+            print(f"{e.name}: {e.page}")
+    return 0
+
+
+def _cmd_weights_download(args: argparse.Namespace) -> int:
+    import os
+
+    from narrastream.download import MIRROR_ENV, ChecksumError, DownloadError
+    from narrastream.weights_catalog import catalog, download, select
+
+    if not args.names and not args.all:
+        raise ValueError("name the weights to download (see `narrastream weights list`), or pass --all")
+    entries = catalog()
+    chosen = select(["all"] if args.all else args.names, entries)
+    directory = _weights_dir(args)
+    print(f"weights folder: {directory}")
+    failed = 0
+    previous = os.environ.get(MIRROR_ENV)
+    if args.mirror:
+        os.environ[MIRROR_ENV] = args.mirror
+    try:
+        for entry in chosen:
+            try:
+                what, path = download(entry, directory, progress=not args.quiet)
+            except (DownloadError, ChecksumError) as exc:
+                failed += 1
+                print(f"{entry.name}: FAILED: {exc}", file=sys.stderr)
+                continue
+            print(f"{entry.name}: {what}: {path}")
+    finally:  # main() may be called in-process (tests, notebooks): leave the environment as it was
+        if args.mirror:
+            if previous is None:
+                os.environ.pop(MIRROR_ENV, None)
+            else:
+                os.environ[MIRROR_ENV] = previous
+    if any(e.kind == "hub-cache" for e in chosen):
+        print(f"models loaded by hub id (the IAMFlow LLM) are in {directory / 'hub'}: set HF_HUB_CACHE={directory / 'hub'}")
+    print(f"use it with: export NARRASTREAM_WEIGHTS={directory}" + ("" if not failed else f"  ({failed} failed)"))
+    print("These files are their publishers' (terms: `narrastream weights list --pages`); do not re-host them.")
+    return EXIT_BAD_INPUT if failed else 0
+
+
+def _cmd_weights_verify(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from narrastream.weights_catalog import catalog, select, verify
+
+    entries = catalog()
+    chosen = select(args.names or ["all"], entries)
+    directory = _weights_dir(args)
+    checks = [verify(entry, directory) for entry in chosen]
+    rows = [[c.name, c.status, c.size if c.size is not None else "-", c.sha256 or "-", c.detail or str(c.path)]
+            for c in checks]
+    print(f"weights folder: {directory}")
+    print(tabulate(rows, headers=["name", "status", "bytes", "sha256", "detail"]))
+    bad = [c for c in checks if not c.good]
+    counts = {s: sum(c.status == s for c in checks) for s in ("ok", "unpinned", "missing", "incomplete", "corrupt")}
+    print(", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    if bad:
+        print("missing or bad: " + " ".join(c.name for c in bad))
+        print(f"fetch them with: narrastream weights download {' '.join(c.name for c in bad)} --dir {directory}"
+              "  (delete a corrupt file first)")
+    return EXIT_BAD_INPUT if bad else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="narrastream", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -205,6 +290,26 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--csv", help="published table (default: reports/reference/narrastream_bench_published.csv)")
     check.add_argument("--tolerance", type=float, default=0.005)
     check.set_defaults(func=_cmd_check_reference)
+
+    weights = sub.add_parser("weights", help="model weights: list, download (for offline clusters), verify a folder")
+    wsub = weights.add_subparsers(dest="weights_command", required=True)
+    wlist = wsub.add_parser("list", help="every published checkpoint a run can need, where it goes, where it comes from")
+    wlist.add_argument("--pages", action="store_true", help="also print each publisher's page (their terms)")
+    wlist.set_defaults(func=_cmd_weights_list)
+    wdown = wsub.add_parser("download", help="fetch weights from their publishers into one folder (resumable)")
+    wdown.add_argument("names", nargs="*", metavar="NAME",
+                       help="entries or groups (backbones, a model config name such as iamflow); see `weights list`")
+    wdown.add_argument("--all", action="store_true", help="everything in `weights list`")
+    wdown.add_argument("--dir", help="target folder (default: $NARRASTREAM_WEIGHTS, else ~/.cache/narrastream/weights)")
+    wdown.add_argument("--mirror", metavar="URL",
+                       help="fetch files from URL/<file> (your own copy of a weights folder served over HTTP) "
+                            "instead of the publishers; same as $NARRASTREAM_WEIGHTS_MIRROR")
+    wdown.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    wdown.set_defaults(func=_cmd_weights_download)
+    wverify = wsub.add_parser("verify", help="check a weights folder: present, size, sha256 against the pins")
+    wverify.add_argument("names", nargs="*", metavar="NAME", help="entries or groups (default: all)")
+    wverify.add_argument("--dir", help="the folder (default: $NARRASTREAM_WEIGHTS, else ~/.cache/narrastream/weights)")
+    wverify.set_defaults(func=_cmd_weights_verify)
 
     listing = sub.add_parser("list", help="list registered generators or metrics")
     listing.add_argument("what", choices=["generators", "metrics"])

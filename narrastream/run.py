@@ -29,6 +29,7 @@ def execute(cfg: dict) -> int:
         raise ValueError(f"stage must be one of {', '.join(STAGES)} or all; got {stage!r}")
     stages = STAGES if stage == "all" else (stage,)
     session = Session(cfg)
+    forget_weights()  # the manifest records what this run loads, not an earlier run of the same process
     session.write_run_files()
     log.info("run %s: model %s, %d item(s) in %s, scripts sha256 %s", session.run.root, session.model,
              len(session.items), session.shard, session.benchmark.sha256[:12])
@@ -44,11 +45,27 @@ def execute(cfg: dict) -> int:
         failed += summary.failed
         for line in summary.failures[:20]:
             log.warning("failed: %s", line)
+    record_weights(session.run)
     if "leaderboard" in stages:
         csv_path = session.leaderboard()
         print(session.run.leaderboard_path("md").read_text())  # results on stdout, labels included
         log.info("leaderboard: %s", csv_path)
     return EXIT_ITEMS_FAILED if failed else 0
+
+
+def forget_weights() -> None:
+    from narrastream.metrics.backbones.weights import forget_resolved
+
+    forget_resolved()
+
+
+def record_weights(run) -> None:
+    """Add the weights this process loaded (path, size, sha256, pin, source) to the run manifest."""
+    from narrastream.metrics.backbones.weights import resolved_weights
+
+    loaded = resolved_weights()
+    if loaded and run.manifest_path.is_file():
+        run.add_to_manifest("weights", loaded)
 
 
 def input_errors() -> tuple[type[BaseException], ...]:

@@ -11,6 +11,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_COPY = REPO.parent / "shared" / "narrastream" / "streambench_324.jsonl"
 
+# Tests and CI have no internet, while a run downloads missing weights by default: the suite runs offline
+# (huggingface_hub, transformers and narrastream refuse every download), set before any of them is imported.
+# The download tests unset it and fetch from a local HTTP server they start.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 # Tests and CI read the official scripts from $NARRASTREAM_DATA, else ../shared/narrastream/.
 if not os.environ.get("NARRASTREAM_DATA") and SHARED_COPY.is_file():
     os.environ["NARRASTREAM_DATA"] = str(SHARED_COPY)

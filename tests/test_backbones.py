@@ -251,11 +251,13 @@ def test_missing_weights_say_where_to_put_them(monkeypatch, tmp_path):
     monkeypatch.delenv("NARRASTREAM_WEIGHTS", raising=False)
     spec = WeightSpec("dino_vitb16", "dino_vitbase16_pretrain.pth", url="https://example.invalid/dino.pth")
     with pytest.raises(WeightsNotFoundError) as info:
-        resolve_weights(spec)
+        resolve_weights(spec, allow_download=False)
     message = str(info.value)
     assert "$NARRASTREAM_WEIGHTS/dino_vitbase16_pretrain.pth" in message
     assert "backbones.paths.dino_vitb16=FILE" in message
-    assert "backbones.allow_download=true" in message and "https://example.invalid/dino.pth" in message
+    assert "downloads are off (backbones.allow_download=false)" in message
+    assert "backbones.allow_download=true (the default)" in message and "https://example.invalid/dino.pth" in message
+    assert "narrastream weights download dino_vitb16 --dir DIR" in message
     assert isinstance(info.value, FileNotFoundError)
     with pytest.raises(WeightsNotFoundError, match="no such file"):
         resolve_weights(spec, path=tmp_path / "nope.pth")
@@ -263,17 +265,18 @@ def test_missing_weights_say_where_to_put_them(monkeypatch, tmp_path):
 
 def test_download_only_when_allowed_and_verified(weights_file, monkeypatch):
     monkeypatch.delenv("NARRASTREAM_WEIGHTS", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # a file:// URL: no network involved
     spec = WeightSpec("m", "model.pth", url=weights_file.as_uri(), sha256=sha256(weights_file))
-    with pytest.raises(WeightsNotFoundError):
-        resolve_weights(spec)
-    got = resolve_weights(spec, allow_download=True)
+    with pytest.raises(WeightsNotFoundError, match="backbones.allow_download=false"):
+        resolve_weights(spec, allow_download=False)
+    got = resolve_weights(spec)  # downloads are on by default
     from narrastream.paths import cache_dir
 
     assert got == cache_dir() / "weights" / "model.pth" and got.read_bytes() == weights_file.read_bytes()
     got.unlink()
     with pytest.raises(ChecksumError):
-        resolve_weights(dataclasses.replace(spec, sha256="f" * 64), allow_download=True)
-    assert not got.exists()  # a bad download is not left behind
+        resolve_weights(dataclasses.replace(spec, sha256="f" * 64))
+    assert not got.exists() and not got.with_name("model.pth.part").exists()  # a bad download is not left behind
 
 
 def test_hub_cache_is_used_offline(weights_file, tmp_path, monkeypatch):

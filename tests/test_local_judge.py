@@ -335,7 +335,7 @@ def test_iamflow_default_llm_backend_loads_a_folder(tiny_llm_dir, official_path,
 
 
 @pytest.mark.parametrize("local_only, expected", [
-    (None, "huggingface-cli download Qwen/Qwen3-4B-Instruct-2507"),   # the default: the hub cache only
+    (None, "huggingface-cli download Qwen/Qwen3-4B-Instruct-2507"),   # the default: follows weights.allow_download
     ("false", "HF_HUB_OFFLINE is set"),                                # downloads allowed, but offline
 ])
 def test_iamflow_hub_llm_missing_offline_exits_2_at_start(tmp_path, local_only, expected):

@@ -7,8 +7,9 @@ Weights (``weights``): ``dit`` (a ``.safetensors``/``.pt`` generator checkpoint,
 safetensors), optional ``lora`` (PEFT, merged into the base before quantization), and ``wan``, the
 Diffusers-format Wan2.1-T2V-1.3B folder for the umT5 encoder and the VAE. Each is looked for as an
 explicit path, under ``weights.dir`` (else ``$NARRASTREAM_WEIGHTS``), in ``~/.cache/narrastream/weights``,
-then in the Hugging Face hub cache (never downloaded unless ``allow_download``). A missing file is a
-:class:`~narrastream.metrics.backbones.WeightsNotFoundError` naming the file and where it goes.
+in the Hugging Face hub cache, then downloaded from the publisher's hub repository unless
+``weights.allow_download=false`` or ``HF_HUB_OFFLINE=1``. A file that is not there and not downloaded is
+a :class:`~narrastream.metrics.backbones.WeightsNotFoundError` naming the file, where it goes and the key.
 ``size: tiny`` builds seeded tiny random-weight components instead (``preset=tiny``).
 
 IAMFlow's characters (``iam.entities``) come from the released LLM extractor (``llm``), from the prompts
@@ -37,11 +38,18 @@ from narrastream.adapters.base import (
     PromptSwitching,
 )
 from narrastream.data.script import Script
-from narrastream.metrics.backbones.weights import WEIGHTS_ENV, WeightSpec, WeightsNotFoundError, resolve_weights
-from narrastream.paths import cache_dir
+from narrastream.metrics.backbones.weights import (
+    WEIGHTS_ENV,
+    FolderSpec,
+    WeightSpec,
+    resolve_folder,
+    resolve_weights,
+)
 
 log = logging.getLogger(__name__)
 WAN_DIFFUSERS_HUB = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+#: the catalogue name of the Wan2.1-T2V-1.3B Diffusers folder (``narrastream weights download NAME``)
+WAN_FOLDER_NAME = "wan2.1_t2v_1.3b"
 ENTITY_SOURCES = ("llm", "prompt_names", "oracle")
 ORACLE_MARKER = "oracle"  # the model name of a run whose generator reads the evaluator's annotations contains it
 ORACLE_CONFIG = "model=iamflow_oracle (name iamflow+oracle-entities)"
@@ -120,45 +128,18 @@ class StreamingWanGenerator(Generator):
             dit, text_encoder, decoder = self._load_full()
         self.pipeline = StreamingWanPipeline(dit, text_encoder, decoder, self.spec)
 
+    def _allow_download(self) -> bool:
+        return bool(self.weights.get("allow_download", True))
+
     def _file(self, role: str) -> Path:
         entry = self.weights.get(role) or {}
-        spec = WeightSpec(name=f"{self.method}.{role}", filename=str(entry.get("filename")),
-                          hub_repo=entry.get("hub_repo"), hub_filename=entry.get("hub_filename"),
-                          description=f"{self.method} {role}", config_key=f"model.params.weights.{role}.path")
-        return resolve_weights(spec, path=entry.get("path"), weights_dir=self.weights.get("dir"),
-                               allow_download=bool(self.weights.get("allow_download", False)))
+        return resolve_weights(weight_file_spec(self.method, role, entry), path=entry.get("path"),
+                               weights_dir=self.weights.get("dir"), allow_download=self._allow_download())
 
     def _wan_folder(self) -> Path:
         entry = self.weights.get("wan") or {}
-        explicit = entry.get("path")
-        tried = []
-        candidates = [Path(explicit).expanduser()] if explicit else []
-        base = self.weights.get("dir") or os.environ.get(WEIGHTS_ENV)
-        name = entry.get("dirname", "Wan2.1-T2V-1.3B-Diffusers")
-        candidates += [Path(base).expanduser() / name] if base else []
-        candidates.append(cache_dir() / "weights" / name)
-        for candidate in candidates:
-            tried.append(str(candidate))
-            if (candidate / "vae" / "config.json").is_file() and (candidate / "text_encoder").is_dir():
-                return candidate
-        hub = entry.get("hub_repo", WAN_DIFFUSERS_HUB)
-        try:
-            from huggingface_hub import snapshot_download
-
-            found = Path(snapshot_download(hub, local_files_only=not self.weights.get("allow_download", False),
-                                           allow_patterns=["vae/*", "text_encoder/*", "tokenizer/*"]))
-            if (found / "vae" / "config.json").is_file():
-                return found
-        except Exception as exc:  # noqa: BLE001 - any hub miss ends in the error below
-            log.debug("%s not in the hub cache: %s", hub, exc)
-        tried.append(f"hf://{hub}")
-        spec = WeightSpec(name=f"{self.method}.wan", filename=name, hub_repo=hub,
-                          description="Wan2.1-T2V-1.3B in the Diffusers layout (text_encoder/, tokenizer/, vae/)",
-                          config_key="model.params.weights.wan.path")
-        raise WeightsNotFoundError(spec, tried, detail=(
-            f"the Wan2.1-T2V-1.3B Diffusers folder ({name}/ with text_encoder/, tokenizer/ and vae/) was not found "
-            f"(get it with: huggingface-cli download {hub} --local-dir {name}); model.params.weights.wan.path=DIR "
-            "names it."))
+        return resolve_folder(wan_folder_spec(entry), path=entry.get("path"), weights_dir=self.weights.get("dir"),
+                              allow_download=self._allow_download())
 
     def _load_full(self):
         from narrastream.streaming.fp8 import is_fp8_checkpoint, load_fp8_checkpoint, quantize_model
@@ -271,11 +252,15 @@ class StreamingWanGenerator(Generator):
                 cfg["device"] = "cuda:1"
             follows_weights = cfg.get("local_files_only") is None
             if follows_weights:  # null: download only when the model's weights may be downloaded
-                cfg["local_files_only"] = not bool(self.weights.get("allow_download", False))
+                cfg["local_files_only"] = not self._allow_download()
+            unreachable = _hub_model_unreachable(cfg)
+            if unreachable:  # fail now rather than after huggingface_hub's retries
+                raise AdapterConfigError(_judge_load_error(key, cfg, role, OSError(unreachable), follows_weights))
             try:
                 judges = build_judges(cfg)
             except JudgeConfigError as exc:
                 raise AdapterConfigError(_judge_load_error(key, cfg, role, exc, follows_weights)) from exc
+            _record_local_model(f"{self.method}.{role}", cfg)
             judge = judges.vlm if role == "verifier" else judges.planner
             if role == "verifier" and not judge.vision:
                 raise AdapterConfigError(f"{key}.model={cfg['model']}: a text-only model cannot verify frames; "
@@ -377,6 +362,26 @@ class StreamingWanGenerator(Generator):
         )
 
 
+def weight_file_spec(method: str, role: str, entry: Mapping[str, Any]) -> WeightSpec:
+    """The checkpoint of one role (``dit``, ``lora``) of a method, from its ``model.params.weights.<role>``."""
+    return WeightSpec(name=f"{method}.{role}", filename=str(entry.get("filename")), hub_repo=entry.get("hub_repo"),
+                      hub_filename=entry.get("hub_filename"), url=entry.get("url"), sha256=entry.get("sha256"),
+                      description=f"{method} {role}", config_key=f"model.params.weights.{role}.path",
+                      download_key="model.params.weights.allow_download")
+
+
+def wan_folder_spec(entry: Mapping[str, Any]) -> FolderSpec:
+    """The Wan2.1-T2V-1.3B Diffusers folder (umT5 text encoder, tokenizer, VAE) of ``model.params.weights.wan``."""
+    return FolderSpec(
+        name=WAN_FOLDER_NAME, dirname=str(entry.get("dirname", "Wan2.1-T2V-1.3B-Diffusers")),
+        hub_repo=str(entry.get("hub_repo", WAN_DIFFUSERS_HUB)),
+        allow_patterns=("vae/*", "text_encoder/*", "tokenizer/*"),
+        needs="text_encoder/, tokenizer/ and vae/ in the Diffusers layout",
+        required=("vae/config.json", "text_encoder/", "tokenizer/"),
+        description="the Wan2.1-T2V-1.3B Diffusers folder", config_key="model.params.weights.wan.path",
+        download_key="model.params.weights.allow_download")
+
+
 def characters_from_annotations(script: Script, annotations: Any) -> list[list[Any]] | None:
     """The ORACLE entity source (``iam.entities=oracle``): each prompt's characters, with their looks, as the
     evaluator's narrative annotations tag them, or None when the script is not annotated for these prompts.
@@ -406,6 +411,40 @@ def _check_entity_source(entities: str, model_name: str | None) -> None:
         raise AdapterConfigError(
             f"model.params.iam.entities={entities!r} under model name {model_name!r}: the name says oracle but the "
             "generator would not read the annotations; use model=iamflow, or keep iam.entities=oracle")
+
+
+def _hub_model_unreachable(cfg: Mapping[str, Any]) -> str | None:
+    """Why a local judge's hub model, not in the Hugging Face cache, cannot be downloaded now (None: it is
+    cached, is a folder, is not to be downloaded, or the hub answers)."""
+    model = str(cfg.get("model") or "")
+    if cfg.get("backend") != "local" or cfg.get("local_files_only", True) or Path(model).expanduser().is_dir():
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    from narrastream.download import hub_endpoint, offline_reason, unreachable
+
+    if isinstance(try_to_load_from_cache(model, "config.json"), str) or offline_reason():
+        return None  # cached, or transformers refuses at once under HF_HUB_OFFLINE
+    reason = unreachable(hub_endpoint())
+    return f"not in the Hugging Face cache, and the hub ({hub_endpoint()}) is out of reach: {reason}" if reason else None
+
+
+def _record_local_model(name: str, cfg: Mapping[str, Any]) -> None:
+    """Record a local judge's model files (each file's sha256) for the run manifest."""
+    if cfg.get("backend") != "local":
+        return
+    from narrastream.download import hub_snapshot
+    from narrastream.metrics.backbones.weights import record_folder
+
+    model = str(cfg.get("model"))
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        folder = hub_snapshot(model, allow_patterns=None, allow_download=False)
+        if folder is None:
+            return
+    spec = FolderSpec(name=name, dirname=folder.name, hub_repo=model, allow_patterns=None, needs="config.json",
+                      required=("config.json",))
+    record_folder(spec, folder, source="config" if Path(model).expanduser().is_dir() else "hf-cache")
 
 
 def _judge_load_error(key: str, cfg: Mapping[str, Any], role: str, exc: Exception, follows_weights: bool) -> str:

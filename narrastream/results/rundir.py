@@ -71,6 +71,15 @@ class RunDir:
             )
         write_json_atomic(self.manifest_path, manifest)
 
+    def add_to_manifest(self, section: str, entries: dict[str, Any]) -> None:
+        """Merge ``entries`` into the manifest's ``section`` (e.g. the weights a stage loaded, known only
+        once it ran); entries of earlier stages or shards under other names stay."""
+        manifest = self.read_manifest() or {}
+        merged = dict(manifest.get(section) or {})
+        merged.update(entries)
+        manifest[section] = merged
+        write_json_atomic(self.manifest_path, manifest)
+
 
 def environment_info() -> dict[str, Any]:
     """Package, git and interpreter versions for the run manifest."""

@@ -9,10 +9,13 @@ from narrastream.metrics.backbones.raft import FlowEstimator
 from narrastream.metrics.backbones.weights import (
     WEIGHTS,
     ChecksumError,
+    FolderSpec,
     WeightSpec,
     WeightsNotFoundError,
     file_identity,
+    resolve_folder,
     resolve_weights,
+    resolved_weights,
     sha256_file,
 )
 
@@ -23,10 +26,13 @@ __all__ = [
     "BackboneSpec",
     "ChecksumError",
     "FlowEstimator",
+    "FolderSpec",
     "ImageEmbedder",
     "WeightSpec",
     "WeightsNotFoundError",
     "file_identity",
+    "resolve_folder",
     "resolve_weights",
+    "resolved_weights",
     "sha256_file",
 ]

@@ -58,7 +58,7 @@ offline stand-in with the same interface (never used with checkpoint files).
 languagebind_video=DIR``; a file inside DIR, e.g. ``DIR/pytorch_model.bin``, means its directory),
 ``backbones.dir`` (else ``$NARRASTREAM_WEIGHTS``) ``/LanguageBind_Video_FT``, the user cache
 ``cache_dir()/weights/LanguageBind_Video_FT``, then the Hugging Face hub cache of
-``LanguageBind/LanguageBind_Video_FT`` (downloaded only with ``allow_download``).
+``LanguageBind/LanguageBind_Video_FT`` (downloaded there unless ``allow_download=False`` or ``HF_HUB_OFFLINE=1``).
 """
 
 from __future__ import annotations
@@ -493,60 +493,39 @@ def save_languagebind(model: LanguageBindVideoModel, directory: Path | str, *, s
 # ------------------------------------------------------------------------------------------ resolution
 
 
+def _folder_spec():
+    from narrastream.metrics.backbones.weights import FolderSpec
+
+    return FolderSpec(
+        name=BACKBONE_NAME, dirname=DIRNAME, hub_repo=HUB_REPO, allow_patterns=MODEL_FILES,
+        needs=f"config.json, {' or '.join(WEIGHT_FILES)} and the tokenizer files",
+        required=("config.json", "|".join(WEIGHT_FILES)), description="LanguageBind_Video_FT",
+        config_key=f"backbones.paths.{BACKBONE_NAME}")
+
+
 def resolve_languagebind_dir(
-    path: Path | str | None = None, *, weights_dir: Path | str | None = None, allow_download: bool = False
+    path: Path | str | None = None, *, weights_dir: Path | str | None = None, allow_download: bool = True
 ) -> Path:
     """The local model directory: explicit ``path`` (a directory, or a file inside one),
     ``weights_dir`` (else ``$NARRASTREAM_WEIGHTS``) ``/LanguageBind_Video_FT``, the user cache
-    ``cache_dir()/weights/LanguageBind_Video_FT``, the Hugging Face hub cache (fetched only with
-    ``allow_download``). A directory counts when it has ``config.json`` and a weights file.
+    ``cache_dir()/weights/LanguageBind_Video_FT``, the Hugging Face hub cache, then a download from the
+    hub unless ``allow_download`` is false or ``HF_HUB_OFFLINE`` is set. A directory counts when it has
+    ``config.json`` and a weights file.
 
     Raises:
-        FileNotFoundError: nowhere to be found; the message lists the places tried.
+        WeightsNotFoundError: nowhere to be found (a FileNotFoundError); the message lists the places tried.
     """
-    from narrastream.metrics.backbones.weights import WEIGHTS_ENV
-    from narrastream.paths import cache_dir
+    from narrastream.metrics.backbones.weights import resolve_folder
 
-    def complete(directory: Path) -> bool:
-        return (directory / "config.json").is_file() and any((directory / n).is_file() for n in WEIGHT_FILES)
-
+    directory = None
     if path is not None:
         explicit = Path(path).expanduser()
-        directory = explicit if explicit.is_dir() else explicit.parent
-        if not complete(directory):
-            raise FileNotFoundError(
-                f"backbones.paths.{BACKBONE_NAME}={explicit}: not a LanguageBind model directory "
-                f"(needs config.json and {' or '.join(WEIGHT_FILES)}, plus the tokenizer files)")
-        return directory
-    tried: list[str] = []
-    root = weights_dir if weights_dir is not None else os.environ.get(WEIGHTS_ENV)
-    candidates = ([Path(root).expanduser() / DIRNAME] if root else []) + [cache_dir() / "weights" / DIRNAME]
-    for candidate in candidates:
-        tried.append(str(candidate))
-        if complete(candidate):
-            return candidate
-    tried.append(f"hf://{HUB_REPO}")
-    try:
-        from huggingface_hub import snapshot_download
-
-        snapshot = Path(snapshot_download(HUB_REPO, allow_patterns=list(MODEL_FILES), local_files_only=not allow_download))
-        if complete(snapshot):
-            return snapshot
-    except Exception as e:  # noqa: BLE001 -- any hub failure means "not available here"
-        log.debug("%s: not in the Hugging Face hub cache (%s)", HUB_REPO, e)
-    raise FileNotFoundError("\n".join([
-        f"LanguageBind_Video_FT ({BACKBONE_NAME}) was not found. Put the directory with "
-        f"{', '.join(MODEL_FILES)} (from https://huggingface.co/{HUB_REPO}) at one of:",
-        f"  ${WEIGHTS_ENV}/{DIRNAME}/",
-        f"  {cache_dir() / 'weights' / DIRNAME}/",
-        f"or name it in the config: backbones.paths.{BACKBONE_NAME}=DIR.",
-        f"With backbones.allow_download=true it is fetched from the hub ({HUB_REPO}) when online.",
-        "Looked in: " + ", ".join(tried),
-    ]))
+        directory = explicit if explicit.is_dir() or not explicit.suffix else explicit.parent
+    return resolve_folder(_folder_spec(), path=directory, weights_dir=weights_dir, allow_download=allow_download)
 
 
 def resolve_languagebind_weights(
-    path: Path | str | None = None, *, weights_dir: Path | str | None = None, allow_download: bool = False
+    path: Path | str | None = None, *, weights_dir: Path | str | None = None, allow_download: bool = True
 ) -> Path:
     """The weights file inside :func:`resolve_languagebind_dir` (what manifests hash)."""
     return find_weights_file(resolve_languagebind_dir(path, weights_dir=weights_dir, allow_download=allow_download))

@@ -9,7 +9,7 @@ A :class:`BackboneProvider` is built from the ``backbones`` config section::
     precision: auto        # auto (fp16 on CUDA where the official evaluator uses it) | fp32 | fp16
     dir: null              # weights folder (else $NARRASTREAM_WEIGHTS)
     paths: {}              # name -> checkpoint file
-    allow_download: false  # fetch a missing checkpoint from its URL
+    allow_download: true   # fetch a missing checkpoint from its publisher (off: false, or HF_HUB_OFFLINE=1)
 
 ``get(name)`` returns the backbone wrapped for metrics -- an :class:`ImageEmbedder` (``embed``) or, for
 optical flow, a :class:`~narrastream.metrics.backbones.raft.FlowEstimator` (``flow``); ``identity(name)`` what to write in manifests and
@@ -280,7 +280,7 @@ class BackboneProvider:
         self.precision: str = config.get("precision", "auto")
         self.weights_dir: str | None = config.get("dir")
         self.paths: dict[str, str] = dict(config.get("paths") or {})
-        self.allow_download: bool = bool(config.get("allow_download", False))
+        self.allow_download: bool = bool(config.get("allow_download", True))
         if self.source not in ("files", "random"):
             raise ValueError(f"backbones.source must be 'files' or 'random', got {self.source!r}")
         if self.size not in ("full", "tiny"):
