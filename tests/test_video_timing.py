@@ -264,3 +264,76 @@ def test_a_sidecar_of_another_item_is_refused(tmp_path: Path) -> None:
     side = _sidecar_for(tmp_path, path)
     with pytest.raises(SidecarError, match=r"field script_id: 0, but the sidecar belongs to script_id 3"):
         read_sidecar(side, script_id=3, seed=0)
+
+
+# ------------------------------------------------------------------------------ through the harness
+
+
+def _session(tmp_path: Path, mapping: Path, *extra: str):
+    from narrastream.harness.session import Session
+
+    return Session.from_overrides([
+        "model=precomputed", "model.name=theirs", f"model.params.folder={tmp_path}", f"model.params.mapping={mapping}",
+        "preset=tiny", "data.ids=[0,1]", f"run.dir={tmp_path / 'run'}",
+        "protocol.run_metrics=[subject_consistency,vtss]", *extra])
+
+
+def _records(tmp_path: Path) -> dict:
+    from narrastream.results.records import RecordStore
+
+    return {(r.script_id, r.metric): r for r in RecordStore(tmp_path / "run" / "records").iter_all()}
+
+
+def test_harness_cuts_a_vfr_video_by_time_and_records_its_timing(tmp_path: Path) -> None:
+    # preset=tiny: 6 prompts x 2 s. Script 0: 6 s at 8 fps then 6 s at 2 fps; script 1: constant 4 fps
+    write_vfr_mp4(tmp_path / "vfr.mp4", [k / 8 for k in range(48)] + [6 + k / 2 for k in range(12)], size=(64, 48))
+    write_mp4(tmp_path / "cfr.mp4", np.random.default_rng(0).integers(0, 255, (48, 48, 64, 3), np.uint8), fps=4)
+    mapping = tmp_path / "map.json"
+    mapping.write_text(json.dumps({"0": "vfr.mp4", "1": "cfr.mp4"}))
+    session = _session(tmp_path, mapping)
+    session.generate()
+    summary = session.evaluate()
+    assert summary.failed == 0, summary.failures
+    records = _records(tmp_path)
+    vfr = records[(0, "vtss")].details["video_timing"]
+    assert vfr["vfr"] is True and vfr["cut_by"] == "timestamps" and vfr["frames"] == 60
+    assert vfr["min_interval_s"] == pytest.approx(0.125) and vfr["max_interval_s"] == pytest.approx(0.5)
+    cfr = records[(1, "subject_consistency")].details["video_timing"]
+    assert cfr["vfr"] is False and cfr["cut_by"] == "frame count" and cfr["mean_fps"] == pytest.approx(4.0)
+    assert records[(0, "subject_consistency")].status in ("ok", "fallback")
+    segmented = SegmentedVideo.from_file(tmp_path / "vfr.mp4", 6, rule=SegmentRule(segment_seconds=2))
+    assert segmented.segment_lengths == [16, 16, 16, 4, 4, 4]  # the header's ~5.2 fps would give 10 each
+
+
+def test_harness_records_an_oversized_video_as_failed_naming_the_limit(tmp_path: Path) -> None:
+    write_mp4(tmp_path / "a.mp4", np.zeros((48, 48, 64, 3), np.uint8), fps=4)
+    write_mp4(tmp_path / "b.mp4", np.zeros((48, 96, 128, 3), np.uint8), fps=4)
+    mapping = tmp_path / "map.csv"
+    mapping.write_text("script_id,path\n0,a.mp4\n1,b.mp4\n")
+    session = _session(tmp_path, mapping, f"limits.max_video_pixels={48 * 48 * 64}")
+    session.generate()
+    summary = session.evaluate()
+    assert summary.failed == 2  # two metrics of the big video
+    records = _records(tmp_path)
+    assert records[(0, "subject_consistency")].status in ("ok", "fallback")
+    reason = records[(1, "subject_consistency")].reason
+    assert records[(1, "subject_consistency")].status == "failed"
+    assert "b.mp4: the header declares 48 frames of 128x96" in reason and f"limits.max_video_pixels={48 * 48 * 64}" in reason
+
+
+def test_harness_refreshes_the_sidecar_of_a_replaced_precomputed_video(tmp_path: Path) -> None:
+    write_mp4(tmp_path / "a.mp4", np.zeros((48, 48, 64, 3), np.uint8), fps=4)
+    write_mp4(tmp_path / "b.mp4", np.zeros((48, 48, 64, 3), np.uint8), fps=4)
+    mapping = tmp_path / "map.json"
+    mapping.write_text(json.dumps({"0": "a.mp4", "1": "b.mp4"}))
+    session = _session(tmp_path, mapping)
+    session.generate()
+    assert session.load_sidecar(1, 0).num_frames == 48
+    write_mp4(tmp_path / "b.mp4", np.zeros((40, 48, 64, 3), np.uint8), fps=5)  # re-exported at another rate
+    again = _session(tmp_path, mapping)
+    summary = again.generate()
+    assert summary.skipped == 2  # nothing to generate for precomputed videos...
+    video = again.load_sidecar(1, 0)
+    assert (video.fps, video.num_frames) == (5.0, 40)  # ...but the facts follow the file
+    side = json.loads((tmp_path / "run" / "videos" / "theirs" / "1-s0.json").read_text())
+    assert (side["fps"], side["num_frames"], side["extra"]["reprobed"]["previous"]["num_frames"]) == (5.0, 40, 48)
