@@ -106,7 +106,8 @@ def test_any_json_mapping_bytes_give_a_mapping_or_a_named_error(folder: Path, da
 
 cells = st.text(max_size=8) | id_texts | safe_paths
 #: rows mostly of the header's shape: [id, path] for the first two headers below
-rows_of = st.lists(st.lists(cells, max_size=4) | entries.map(list) | entries.map(list), max_size=6)
+good_rows = st.tuples(good_ids, safe_paths).map(list)
+rows_of = st.lists(st.lists(cells, max_size=4) | good_rows | good_rows, max_size=6)
 headers = st.sampled_from([["script_id", "path"], ["path", "script_id"], [" script_id ", "path", "note"],
                            ["id", "path"], ["script_id", "path", "path"], ["script_id"]])
 
