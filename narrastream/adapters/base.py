@@ -141,6 +141,16 @@ class GeneratedVideo:
     file_mtime_ns: int | None = None
     timing: dict[str, Any] | None = None
 
+    def __post_init__(self) -> None:
+        # an adapter's wrong type fails its own generation, naming the field, instead of writing a
+        # sidecar that every later run would refuse (and regenerate)
+        _validate(self._fields(), f"the video of script {self.script_id!r} seed {self.seed!r}")
+
+    def _fields(self) -> dict[str, Any]:
+        d = {name: getattr(self, name) for name in _SidecarFields.model_fields}
+        d["path"] = str(self.path)
+        return d
+
     def to_sidecar(self, model: str, capabilities: Capabilities) -> dict[str, Any]:
         """The sidecar's JSON object, stamped with the video file's current size and mtime."""
         if self.file_size is None and Path(self.path).is_file():
@@ -158,14 +168,7 @@ class GeneratedVideo:
         """Validate a sidecar's JSON object; a :class:`SidecarError` names ``source`` and the bad field."""
         if not isinstance(data, dict):
             raise SidecarError(f"{source}: expected a JSON object, got {type(data).__name__}")
-        try:
-            fields = _SidecarFields.model_validate(data)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-            got = "missing" if first["type"] == "missing" else f"got {first.get('input')!r:.80}"
-            raise SidecarError(f"{source}: field {where}: {first['msg']} ({got})") from None
-        kwargs = fields.model_dump()
+        kwargs = _validate(data, source).model_dump()
         kwargs["path"] = Path(kwargs["path"])
         return cls(**kwargs)
 
@@ -173,6 +176,16 @@ class GeneratedVideo:
         """Whether the file at ``path`` is not the one the facts were taken from (or was never stamped)."""
         stat = self.path.stat()
         return (self.file_size, self.file_mtime_ns) != (stat.st_size, stat.st_mtime_ns)
+
+
+def _validate(data: dict[str, Any], source: Any) -> _SidecarFields:
+    try:
+        return _SidecarFields.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        got = "missing" if first["type"] == "missing" else f"got {first.get('input')!r:.80}"
+        raise SidecarError(f"{source}: field {where}: {first['msg']} ({got})") from None
 
 
 def sidecar_path(video_path: Path | str) -> Path:
