@@ -281,3 +281,12 @@ def test_any_script_file_bytes_give_scripts_or_a_named_error(folder: Path, data:
         assert str(exc).startswith(str(path))
         return
     assert got and all(isinstance(p, tuple) and p and all(isinstance(x, str) and x.strip() for x in p) for p in got)
+
+
+def test_an_adapter_building_a_wrong_video_fails_naming_the_field() -> None:
+    """Caught when the adapter builds it, not after a sidecar every later run would refuse is written."""
+    with pytest.raises(SidecarError, match=r"the video of script 3 seed 0: field num_frames: .*got True"):
+        GeneratedVideo(path=Path("v.mp4"), script_id=3, seed=0, fps=16.0, num_frames=True, width=8, height=8)
+    with pytest.raises(SidecarError, match=r"field switch_frames.1: .*got '16'"):
+        GeneratedVideo(path=Path("v.mp4"), script_id=3, seed=0, fps=16.0, num_frames=9, width=8, height=8,
+                       switch_frames=[8, "16"])
