@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from narrastream.cli import main as cli_main
-from narrastream.data import ScriptFileError, load_benchmark, load_taxonomy, parse_script_file
+from narrastream.data import ScriptFileError, ScriptLimits, load_benchmark, load_taxonomy, parse_script_file
 from narrastream.data.loader import download_official, resolve_official_source, sha256_file
 from narrastream.data.manifest import BenchmarkManifest
 
@@ -170,3 +170,69 @@ def test_no_official_sentence_is_committed(official_path):
         text = path.read_text(errors="ignore")
         leaked = [p for p in probes if p in text]
         assert not leaked, f"{name} contains official script text: {leaked[0]!r}"
+
+
+def test_an_over_long_prompt_is_refused_with_its_size_and_the_key(tmp_path):
+    f = tmp_path / "mine.jsonl"
+    f.write_text(json.dumps({"prompts": ["fine"]}) + "\n" + json.dumps({"prompts": ["ok", "x" * 5000]}) + "\n")
+    with pytest.raises(ScriptFileError, match=rf"{f}:2: prompt 1 is 5000 characters long, more than "
+                                              r"limits.max_prompt_chars=4000; raise the limit"):
+        load_benchmark(f)
+    assert load_benchmark(f, limits=ScriptLimits(max_prompt_chars=5000)).total == 2
+    doc = tmp_path / "mine.json"
+    doc.write_text(json.dumps([{"prompts": ["a"]}, {"prompts": ["y" * 11]}]))
+    with pytest.raises(ScriptFileError, match=rf"{doc}:2: prompt 0 is 11 characters long"):
+        parse_script_file(doc, limits=ScriptLimits(max_prompt_chars=10))
+
+
+def test_a_huge_line_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
+    f = tmp_path / "huge.jsonl"
+    size = 3 * 2**20
+    with open(f, "w") as out:
+        out.write(json.dumps({"prompts": ["a"]}) + "\n")
+        out.write('{"prompts": ["' + "z" * size + '"]}\n')
+        out.write(json.dumps({"prompts": ["b"]}) + "\n")
+    parsed = []
+    real_loads = json.loads
+    monkeypatch.setattr("narrastream.data.loader.json.loads", lambda s, *a, **k: parsed.append(len(s)) or real_loads(s))
+    with pytest.raises(ScriptFileError) as err:
+        parse_script_file(f)
+    message = str(err.value)
+    assert message.startswith(f"{f}:2: line is {size + 18} bytes long") and "limits.max_script_line_chars=100000" in message
+    assert max(parsed) < 100  # the long line was never handed to the JSON parser
+
+
+def test_line_limit_counts_characters_not_bytes(tmp_path):
+    f = tmp_path / "wide.jsonl"
+    prompt = "é" * 40  # 2 bytes each
+    f.write_text(json.dumps({"prompts": [prompt]}, ensure_ascii=False) + "\n", encoding="utf-8")
+    line_chars = len(json.dumps({"prompts": [prompt]}, ensure_ascii=False))
+    assert parse_script_file(f, limits=ScriptLimits(max_line_chars=line_chars)) == [(prompt,)]
+    with pytest.raises(ScriptFileError, match=rf":1: line is {line_chars} characters long, more than "
+                                              rf"limits.max_script_line_chars={line_chars - 1}"):
+        parse_script_file(f, limits=ScriptLimits(max_line_chars=line_chars - 1))
+
+
+def test_non_utf8_and_odd_line_breaks(tmp_path):
+    f = tmp_path / "latin1.jsonl"
+    f.write_bytes(b'{"prompts": ["a"]}\n{"prompts": ["caf\xe9"]}\n')
+    with pytest.raises(ScriptFileError, match=rf"{f}:2: not UTF-8 text \(byte 18 of the line is 0xe9\)"):
+        parse_script_file(f)
+    doc = tmp_path / "latin1.json"
+    doc.write_bytes(b'[{"prompts": ["a"]},\n {"prompts": ["caf\xe9"]}]')
+    with pytest.raises(ScriptFileError, match=rf"{doc}:2: not UTF-8 text"):
+        parse_script_file(doc)
+    sep = tmp_path / "sep.jsonl"  # U+2028 inside a JSON string is not a line break; CRLF and a BOM are fine
+    sep.write_bytes('\ufeff{"prompts": ["one\u2028two"]}\r\n{"prompts": ["b"]}\r\n'.encode())
+    assert parse_script_file(sep) == [("one\u2028two",), ("b",)]
+
+
+def test_run_with_an_over_long_prompt_exits_2_before_any_work(tmp_path):
+    f = tmp_path / "mine.jsonl"
+    f.write_text(json.dumps({"prompts": ["a" * 50, "b"]}) + "\n")
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "narrastream.run", "preset=tiny", f"data.path={f}",
+                           f"run.dir={run_dir}", "limits.max_prompt_chars=20"], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"{f}:1: prompt 0 is 50 characters long, more than limits.max_prompt_chars=20" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (run_dir / "videos").exists()

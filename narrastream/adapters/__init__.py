@@ -14,6 +14,8 @@ from narrastream.adapters.base import (
     GenerationRequest,
     Generator,
     PromptSwitching,
+    SidecarError,
+    read_sidecar,
     sidecar_path,
 )
 from narrastream.registry import Registry
@@ -37,5 +39,5 @@ def build_generator(name: str, **kwargs) -> Generator:
 
 __all__ = [
     "AdapterConfigError", "Capabilities", "GENERATORS", "GeneratedVideo", "GenerationError", "GenerationRequest", "Generator",
-    "PromptSwitching", "build_generator", "register_generator", "sidecar_path",
+    "PromptSwitching", "SidecarError", "build_generator", "read_sidecar", "register_generator", "sidecar_path",
 ]

@@ -14,6 +14,7 @@ official evaluator silently drops them, which changes the denominator of every m
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from pathlib import Path
@@ -35,6 +36,99 @@ _OFFICIAL_NAME = re.compile(r"^sample_(\d+)$")
 
 class PrecomputedVideosError(ValueError):
     """The folder does not match the scripts; the message lists the offending ids or files."""
+
+
+_SCRIPT_ID = re.compile(r"[0-9]+")
+
+
+def read_mapping_file(path: Path) -> dict[int, Path]:
+    """Script id -> video path from a JSON object or a CSV with the columns ``script_id,path``.
+
+    Ids are non-negative integers written in ASCII digits; each id appears once; a path is a
+    non-empty string, relative to the mapping file's folder unless absolute. Anything else is a
+    :class:`PrecomputedVideosError` naming the file and the entry (the line, for CSV).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PrecomputedVideosError(f"precomputed: mapping file {path} does not exist")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise PrecomputedVideosError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x})") from None
+    rows = _csv_rows(path, text) if path.suffix.lower() == ".csv" else _json_rows(path, text)
+    paths: dict[int, Path] = {}
+    first_seen: dict[int, str] = {}
+    for where, label, sid, video in rows:
+        script_id = _script_id(where, sid)
+        if not isinstance(video, str):
+            raise PrecomputedVideosError(
+                f"{where}: the path of script {script_id} is {'null' if video is None else type(video).__name__}, "
+                "not a string")
+        if not video.strip():
+            raise PrecomputedVideosError(f"{where}: the path of script {script_id} is empty")
+        if "\x00" in video:
+            raise PrecomputedVideosError(f"{where}: the path of script {script_id} contains a NUL character")
+        if script_id in paths:
+            raise PrecomputedVideosError(
+                f"{where}: script {script_id} is mapped twice (also at {first_seen[script_id]}); "
+                "each script needs exactly one video")
+        video_path = Path(video).expanduser()
+        paths[script_id] = video_path if video_path.is_absolute() else path.parent / video_path
+        first_seen[script_id] = label
+    return paths
+
+
+def _script_id(where: str, sid: Any) -> int:
+    if isinstance(sid, str) and _SCRIPT_ID.fullmatch(sid.strip()):
+        return int(sid.strip())
+    raise PrecomputedVideosError(f"{where}: script id {sid!r} is not a non-negative integer")
+
+
+def _json_rows(path: Path, text: str) -> list[tuple[str, str, Any, Any]]:
+    pairs_seen: list[list[tuple[str, Any]]] = []
+
+    def keep_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        pairs_seen.append(pairs)  # duplicate keys survive here; json.loads' dict would keep the last
+        return dict(pairs)
+
+    try:
+        data = json.loads(text, object_pairs_hook=keep_pairs)
+    except json.JSONDecodeError as exc:
+        raise PrecomputedVideosError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise PrecomputedVideosError(f"{path}: not valid JSON (nested too deeply)") from None
+    if not isinstance(data, dict):
+        raise PrecomputedVideosError(f"{path}: expected a JSON object mapping script id -> path, "
+                                     f"got {type(data).__name__}")
+    top = pairs_seen[-1]  # the outermost object is completed last
+    return [(f"{path}: entry {key!r}", f"entry {key!r}", key, value) for key, value in top]
+
+
+def _csv_rows(path: Path, text: str) -> list[tuple[str, str, Any, Any]]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        columns = [c.strip() for c in header] if header else []
+        if not {"script_id", "path"} <= set(columns):
+            raise PrecomputedVideosError(f"{path}: a CSV mapping needs the columns script_id,path "
+                                         f"(the header has {', '.join(map(repr, columns)) or 'nothing'})")
+        if len(set(columns)) != len(columns):
+            raise PrecomputedVideosError(f"{path}:1: a column name appears twice in the header")
+        sid_col, path_col = columns.index("script_id"), columns.index("path")
+        rows = []
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if not row or not any(cell.strip() for cell in row):
+                continue  # a blank line
+            if len(row) != len(columns):
+                raise PrecomputedVideosError(f"{where}: {len(row)} fields, the header has {len(columns)} "
+                                             "(quote a path that contains a comma)")
+            rows.append((where, f"line {reader.line_num}", row[sid_col], row[path_col]))
+    except csv.Error as exc:
+        raise PrecomputedVideosError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from None
+    return rows
 
 
 def natural_key(name: str) -> list[Any]:
@@ -88,6 +182,12 @@ class PrecomputedGenerator(Generator):
                 f"precomputed: no video for {len(missing)} script(s) in {self.mapping_file or self.folder}: "
                 f"ids {_list_ids(missing)}"
             )
+        absent = sorted(s.id for s in scripts if not available[s.id].is_file())
+        if absent:  # a mapping file can name anything; find a typo now, not after hours of other work
+            shown = "; ".join(f"{i}: {available[i]}" for i in absent[:5])
+            raise PrecomputedVideosError(
+                f"precomputed: {self.mapping_file or self.folder} maps {len(absent)} script(s) to a file that "
+                f"does not exist: {shown}{' ...' if len(absent) > 5 else ''}")
         self.paths = available
 
     def _from_official(self, videos: list[Path], matches: dict[Path, re.Match | None]) -> dict[int, Path]:
@@ -118,38 +218,8 @@ class PrecomputedGenerator(Generator):
 
     def _from_mapping(self) -> dict[int, Path]:
         self.resolved_layout = "mapping"
-        path = self.mapping_file
-        assert path is not None
-        if not path.is_file():
-            raise PrecomputedVideosError(f"precomputed: mapping file {path} does not exist")
-        if path.suffix.lower() == ".csv":
-            with open(path, newline="") as f:
-                reader = csv.DictReader(f)
-                if not reader.fieldnames or not {"script_id", "path"} <= set(reader.fieldnames):
-                    raise PrecomputedVideosError(f"{path}: a CSV mapping needs the columns script_id,path")
-                rows = [(line, row["script_id"], row["path"]) for line, row in enumerate(reader, start=2)]
-        else:
-            try:
-                data = json.loads(path.read_text())
-            except json.JSONDecodeError as exc:
-                raise PrecomputedVideosError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(data, dict):
-                raise PrecomputedVideosError(f"{path}: expected a JSON object mapping script id -> path")
-            rows = [(None, k, v) for k, v in data.items()]
-        paths: dict[int, Path] = {}
-        for line, sid, video in rows:
-            where = f"{path}:{line}" if line else f"{path}: entry {sid!r}"
-            try:
-                script_id = int(sid)
-            except (TypeError, ValueError):
-                raise PrecomputedVideosError(f"{where}: script id {sid!r} is not an integer") from None
-            video_path = Path(video).expanduser()
-            if not video_path.is_absolute():
-                video_path = path.parent / video_path
-            if script_id in paths:
-                raise PrecomputedVideosError(f"{where}: script {script_id} is mapped twice")
-            paths[script_id] = video_path
-        return paths
+        assert self.mapping_file is not None
+        return read_mapping_file(self.mapping_file)
 
     def identity(self) -> dict[str, Any]:
         """Videos made elsewhere: records identify each by its content sha256; the folder is no identity

@@ -4,6 +4,7 @@ from narrastream.data.loader import (
     Benchmark,
     DataSourceError,
     ScriptFileError,
+    ScriptLimits,
     load_benchmark,
     parse_script_file,
     select_scripts,
@@ -13,6 +14,6 @@ from narrastream.data.script import Script
 from narrastream.data.taxonomy import Taxonomy, load_taxonomy
 
 __all__ = [
-    "Benchmark", "DataSourceError", "Script", "ScriptFileError", "Taxonomy", "load_benchmark",
+    "Benchmark", "DataSourceError", "Script", "ScriptFileError", "ScriptLimits", "Taxonomy", "load_benchmark",
     "load_taxonomy", "parse_script_file", "select_scripts", "sha256_file",
 ]

@@ -3,6 +3,10 @@
 Source order for the official file: ``data.path`` (an explicit path), the ``NARRASTREAM_DATA``
 environment variable, the user cache (``~/.cache/narrastream/``), then a download from the pinned
 upstream commit. Every problem is reported with the file, the line and what is wrong.
+
+Size limits (:class:`ScriptLimits`, the config's ``limits.max_prompt_chars`` and
+``limits.max_script_line_chars``) are enforced while reading: a ``.jsonl`` line is measured before it
+is parsed, so a 200 MB line is refused without being held in memory or copied into every sidecar.
 """
 
 from __future__ import annotations
@@ -37,6 +41,30 @@ class ScriptFileError(ValueError):
         super().__init__(f"{where}: {problem}")
 
 
+@dataclass(frozen=True)
+class ScriptLimits:
+    """The longest prompt and ``.jsonl`` line accepted, in characters (None: no limit).
+
+    The official prompts are at most 375 characters and their lines 1,729; text encoders truncate
+    far below the defaults, which only stop runaway input.
+    """
+
+    max_prompt_chars: int | None = 4000
+    max_line_chars: int | None = 100_000
+
+    def __post_init__(self) -> None:
+        for key, value in (("max_prompt_chars", self.max_prompt_chars), ("max_script_line_chars", self.max_line_chars)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"limits.{key} must be a positive integer or null, got {value!r}")
+
+    @classmethod
+    def from_config(cls, limits: Any) -> "ScriptLimits":
+        """From the config's ``limits`` section (missing keys keep the defaults)."""
+        limits = limits or {}
+        return cls(max_prompt_chars=limits.get("max_prompt_chars", cls.max_prompt_chars),
+                   max_line_chars=limits.get("max_script_line_chars", cls.max_line_chars))
+
+
 class DataSourceError(RuntimeError):
     """No source could provide the official file (offline, no path given)."""
 
@@ -65,22 +93,21 @@ class Benchmark:
 
 
 def parse_script_file(path: Path | str, *, prompts_per_script: int | None = None,
-                      expected_count: int | None = None) -> list[tuple[str, ...]]:
+                      expected_count: int | None = None, limits: ScriptLimits = ScriptLimits()) -> list[tuple[str, ...]]:
     """Read and validate a ``.jsonl`` (one ``{"prompts": [...]}`` per line) or ``.json`` file.
 
     ``prompts_per_script`` and ``expected_count`` are enforced when given (the official set: 6, 324).
     Trailing blank lines are allowed; a blank line between scripts is an error, because it would
-    shift every later script id.
+    shift every later script id. The file must be UTF-8 (a leading byte-order mark is allowed).
     """
     path = Path(path)
     if not path.is_file():
         raise ScriptFileError(path, None, "file not found")
-    text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
-        entries = _parse_json_document(path, text)
+        entries = _parse_json_document(path, path.read_bytes())
     else:
-        entries = _parse_jsonl(path, text)
-    prompts_list = [_validate_entry(path, line, obj, prompts_per_script) for line, obj in entries]
+        entries = _parse_jsonl(path, limits)
+    prompts_list = [_validate_entry(path, line, obj, prompts_per_script, limits) for line, obj in entries]
     if not prompts_list:
         raise ScriptFileError(path, None, "no scripts in file")
     if expected_count is not None and len(prompts_list) != expected_count:
@@ -88,32 +115,87 @@ def parse_script_file(path: Path | str, *, prompts_per_script: int | None = None
     return prompts_list
 
 
-def _parse_jsonl(path: Path, text: str) -> list[tuple[int, Any]]:
-    lines = text.splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    entries = []
-    for number, raw in enumerate(lines, start=1):
+def _read_lines(path: Path, max_chars: int | None) -> Iterable[tuple[int, str]]:
+    """``(line number, text)`` of each line split at ``\n`` only (JSON strings may hold U+2028).
+
+    A line longer than ``max_chars`` is measured without being kept, then refused.
+    """
+    # UTF-8 needs at most 4 bytes a character: a line within the limit is read in one piece
+    max_bytes = None if max_chars is None else 4 * max_chars + 2
+    with open(path, "rb") as f:
+        number = 0
+        while True:
+            raw = f.readline() if max_bytes is None else f.readline(max_bytes)
+            if not raw:
+                return
+            number += 1
+            if max_bytes is not None and len(raw) == max_bytes and not raw.endswith(b"\n"):
+                size = len(raw) + _skip_to_line_end(f)
+                raise ScriptFileError(
+                    path, number, f"line is {size} bytes long, more than limits.max_script_line_chars={max_chars} "
+                    "characters; raise the limit (limits.max_script_line_chars=N) if the file is right")
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 byte-order mark
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ScriptFileError(path, number, f"not UTF-8 text (byte {exc.start + 1} of the line is "
+                                      f"0x{raw[exc.start]:02x})") from None
+            text = text.removesuffix("\n").removesuffix("\r")
+            if max_chars is not None and len(text) > max_chars:
+                raise ScriptFileError(
+                    path, number, f"line is {len(text)} characters long, more than limits.max_script_line_chars="
+                    f"{max_chars}; raise the limit (limits.max_script_line_chars=N) if the file is right")
+            yield number, text
+
+
+def _skip_to_line_end(f) -> int:
+    """Bytes up to and including the next newline, read in blocks and dropped."""
+    skipped = 0
+    while block := f.readline(1 << 20):
+        skipped += len(block)
+        if block.endswith(b"\n"):
+            break
+    return skipped
+
+
+def _parse_jsonl(path: Path, limits: ScriptLimits = ScriptLimits()) -> list[tuple[int, Any]]:
+    entries: list[tuple[int, Any]] = []
+    blank: int | None = None  # first of the blank lines seen since the last script
+    for number, raw in _read_lines(path, limits.max_line_chars):
         if not raw.strip():
-            raise ScriptFileError(path, number, "blank line in the middle of the file (script ids are line indices)")
+            blank = blank or number
+            continue
+        if blank is not None:
+            raise ScriptFileError(path, blank, "blank line in the middle of the file (script ids are line indices)")
         try:
             entries.append((number, json.loads(raw)))
         except json.JSONDecodeError as exc:
             raise ScriptFileError(path, number, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise ScriptFileError(path, number, "not valid JSON (nested too deeply)") from None
     return entries
 
 
-def _parse_json_document(path: Path, text: str) -> list[tuple[int, Any]]:
+def _parse_json_document(path: Path, data: bytes) -> list[tuple[int, Any]]:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ScriptFileError(path, line, f"not UTF-8 text (byte 0x{data[exc.start]:02x})") from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ScriptFileError(path, exc.lineno, f"not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise ScriptFileError(path, None, "not valid JSON (nested too deeply)") from None
     items = doc if isinstance(doc, list) else [doc]
     # A JSON document has no per-script lines; report the 1-based item index instead.
     return [(i, item) for i, item in enumerate(items, start=1)]
 
 
-def _validate_entry(path: Path, line: int, obj: Any, prompts_per_script: int | None) -> tuple[str, ...]:
+def _validate_entry(path: Path, line: int, obj: Any, prompts_per_script: int | None,
+                    limits: ScriptLimits = ScriptLimits()) -> tuple[str, ...]:
     if not isinstance(obj, dict):
         raise ScriptFileError(path, line, f"expected a JSON object with 'prompts', got {type(obj).__name__}")
     if "prompts" not in obj:
@@ -126,6 +208,10 @@ def _validate_entry(path: Path, line: int, obj: Any, prompts_per_script: int | N
             raise ScriptFileError(path, line, f"prompt {k} is {type(prompt).__name__}, not a string")
         if not prompt.strip():
             raise ScriptFileError(path, line, f"prompt {k} is empty")
+        if limits.max_prompt_chars is not None and len(prompt) > limits.max_prompt_chars:
+            raise ScriptFileError(
+                path, line, f"prompt {k} is {len(prompt)} characters long, more than limits.max_prompt_chars="
+                f"{limits.max_prompt_chars}; raise the limit (limits.max_prompt_chars=N) if the prompt is right")
     if prompts_per_script is not None and len(prompts) != prompts_per_script:
         raise ScriptFileError(
             path, line, f"{len(prompts)} prompts; the official set has {prompts_per_script} per script"
@@ -175,7 +261,8 @@ def download_official(manifest: BenchmarkManifest, dest: Path) -> Path:
 
 def load_benchmark(path: str | os.PathLike | None = None, *, official: bool | str = "auto",
                    ids: Iterable[int] | None = None, dimensions: Iterable[str] | None = None,
-                   limit: int | None = None, download: bool = True) -> Benchmark:
+                   limit: int | None = None, download: bool = True,
+                   limits: ScriptLimits = ScriptLimits()) -> Benchmark:
     """Load scripts, validate them, derive the taxonomy (official file) and apply the selection.
 
     ``official="auto"`` treats the file as the official set when it comes from the environment,
@@ -193,6 +280,7 @@ def load_benchmark(path: str | os.PathLike | None = None, *, official: bool | st
         source,
         prompts_per_script=manifest.prompts_per_script if official else None,
         expected_count=manifest.expected_count if official else None,
+        limits=limits,
     )
     taxonomy = load_taxonomy() if official else None
     scripts = [

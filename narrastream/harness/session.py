@@ -31,10 +31,12 @@ from narrastream.adapters.base import (
     GenerationError,
     GenerationRequest,
     Generator,
+    SidecarError,
+    read_sidecar,
     sidecar_path,
     write_json_atomic,
 )
-from narrastream.data import Benchmark, Script, load_benchmark
+from narrastream.data import Benchmark, Script, ScriptLimits, load_benchmark
 from narrastream.harness.sharding import shard_items, shard_name
 from narrastream.metrics.base import Metric, MetricContext, MetricResult, build_metric
 from narrastream.protocol.annotations import (  # noqa: F401 - re-exported for older imports
@@ -90,6 +92,7 @@ class Session:
         self.benchmark: Benchmark = load_benchmark(
             data.get("path"), official=data.get("official", "auto"), ids=data.get("ids"),
             dimensions=data.get("dimensions"), limit=data.get("limit"),
+            limits=ScriptLimits.from_config(cfg.get("limits")),
         )
         seeds = [int(s) for s in cfg["run"]["seeds"]]
         items = [(script, seed) for script in self.benchmark.scripts for seed in seeds]
@@ -204,12 +207,10 @@ class Session:
         if not side.is_file():
             return None
         try:
-            video = GeneratedVideo.from_sidecar(json.loads(side.read_text()))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            log.warning("%s: unreadable sidecar (%s); the video will be regenerated", side, exc)
+            video = read_sidecar(side, script_id=script_id, seed=seed)  # re-probes a video replaced in place
+        except SidecarError as exc:
+            log.warning("unusable sidecar: %s; the video will be regenerated", exc)
             return None
-        if not video.path.is_absolute():
-            video.path = side.parent / video.path
         return video if video.path.is_file() else None
 
     def generation_failure(self, script_id: int, seed: int) -> str | None:
@@ -398,7 +399,7 @@ class Session:
 
     def _evaluate_item(self, script: Script, seed: int, video: GeneratedVideo | None, pending: dict[str, Metric],
                        keys: dict[str, str], writer: "_RecordWriter", pool: ThreadPoolExecutor | None) -> None:
-        from narrastream.video import SegmentedVideo, SegmentRule
+        from narrastream.video import SegmentedVideo, SegmentRule, VideoLimits
 
         def record(name: str, result: MetricResult, elapsed: float = 0.0, backbones: dict | None = None) -> None:
             writer.write(script, seed, video, name, pending[name], keys[name], result, elapsed, backbones)
@@ -422,7 +423,9 @@ class Session:
             return
         try:
             segmented = SegmentedVideo.from_file(video.path, script.num_segments, rule=rule,
-                                                 switch_frames=switch_frames, expected_fps=vcfg.get("expected_fps"))
+                                                 switch_frames=switch_frames, expected_fps=vcfg.get("expected_fps"),
+                                                 limits=VideoLimits.from_config(self.cfg.get("limits")))
+            video.timing = segmented.timing  # measured frame timing, into every record's details
         except (ValueError, OSError) as exc:  # decode, fps and segmentation errors name the file
             for name in pending:
                 record(name, MetricResult.failed(f"{type(exc).__name__}: {exc}"))
@@ -548,10 +551,13 @@ class _RecordWriter:
         s = self.session
         uses_judge = getattr(metric, "uses_judge", False)
         configuration = s.configuration(script.id, seed, video)  # now: a stand-in noticed mid-run is in it
+        details = dict(result.details)
+        if video is not None and video.timing:
+            details.setdefault("video_timing", video.timing)
         rec = Record(
             run_id=s.run.run_id, model=s.model, script_id=script.id, seed=seed, metric=name,
             score=result.score, status=result.status, reason=result.reason, fallbacks=result.fallbacks,
-            items=result.items, details=dict(result.details),
+            items=result.items, details=details,
             protocol=f"{s.protocol['name']}-{s.protocol['version']}", metric_version=metric.version, cache_key=key,
             backbones=backbones or {}, judge=s.judge_record_identity() if uses_judge else None,
             config_id=config_id(configuration), configuration=configuration,

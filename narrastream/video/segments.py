@@ -5,18 +5,27 @@ an extra segment, so a 961-frame video gets a 7th, 1-frame segment that silently
 weights and VLM answers (docs/official-protocol.md §1.2, §6.5). Here the number of segments always
 equals the number of prompts, and a video whose length does not fit its script is an error that
 names the numbers, never a silently different segmentation.
+
+Constant-frame-rate videos are cut by frame count, exactly as the official evaluator does. A video
+whose presentation timestamps show a variable frame rate (:mod:`narrastream.video.timing`) is cut by
+time instead: a frame belongs to segment ``k`` when its timestamp, relative to the first frame's,
+lies in ``[k * S, (k + 1) * S)``. The measured timing of every decoded video is kept in
+:attr:`SegmentedVideo.timing` and recorded with the scores.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from narrastream.video.decode import decode_video, probe_video
+from narrastream.video.decode import NO_LIMITS, VideoLimits, check_video_limits, decode_video_timed, probe_video
+from narrastream.video.timing import FrameTiming, measure_timing
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +97,50 @@ def plan_segments(num_frames: int, fps: float, num_segments: int, rule: SegmentR
     return list(zip(starts, starts[1:] + [num_frames]))
 
 
+def plan_timestamp_segments(pts: Sequence[int] | np.ndarray, time_base: Fraction, num_segments: int,
+                            rule: SegmentRule = SegmentRule()) -> list[tuple[int, int]]:
+    """``[start, end)`` frame bounds of ``num_segments`` time segments of a variable-frame-rate video.
+
+    ``pts`` are the frames' increasing integer timestamps in ``time_base`` units (exact arithmetic:
+    a frame at exactly 10 s starts segment 1). Time ``t`` is relative to the first frame; the video
+    ends one last interval after its last frame. The rule of :func:`plan_segments`, in seconds:
+
+    * segment ``k < n-1`` holds the frames with ``t`` in ``[k * S, (k + 1) * S)``; the last holds the rest;
+    * error if the last segment would last less than ``min_last_fraction * S``, if the video runs
+      more than ``max_tail_fraction * S`` beyond ``n * S``, or if a segment would hold no frame.
+
+    >>> plan_timestamp_segments([0, 1, 2, 3, 4, 8, 12, 16], Fraction(1, 4), 2, SegmentRule(segment_seconds=2))
+    [(0, 5), (5, 8)]
+    """
+    ticks = np.asarray(pts, dtype=np.int64)
+    if num_segments < 1:
+        raise SegmentationError(f"a video needs at least one segment, got num_segments={num_segments}")
+    if len(ticks) < 2 or (np.diff(ticks) <= 0).any():
+        raise SegmentationError("time segmentation needs at least two frames with increasing timestamps")
+    ticks = ticks - ticks[0]
+    end = int(ticks[-1]) + int(ticks[-1] - ticks[-2])  # the last frame lasts as long as the interval before it
+    seconds = float(end * time_base)
+    per_segment = Fraction(rule.segment_seconds) / time_base  # segment length in ticks, exact
+    segment_s = float(rule.segment_seconds)
+    needed = num_segments * segment_s
+    what = (f"{len(ticks)} frames over {seconds:g} s (variable frame rate, cut by timestamps); "
+            f"{num_segments} segments of {segment_s:g} s need {needed:g} s")
+    last = end - (num_segments - 1) * per_segment
+    if last < Fraction(rule.min_last_fraction) * per_segment or last <= 0:
+        raise SegmentationError(
+            f"video too short: {what} (at least {needed - segment_s + rule.min_last_fraction * segment_s:g} s)")
+    if end - num_segments * per_segment > Fraction(rule.max_tail_fraction) * per_segment:
+        raise SegmentationError(
+            f"video too long for the script: {what} (at most {needed + rule.max_tail_fraction * segment_s:g} s)")
+    starts = [int(np.searchsorted(ticks, math.ceil(k * per_segment), side="left")) for k in range(num_segments)]
+    bounds = list(zip(starts, starts[1:] + [len(ticks)]))
+    for k, (start, stop) in enumerate(bounds):
+        if stop <= start:
+            raise SegmentationError(
+                f"segment {k} ({k * segment_s:g} s to {(k + 1) * segment_s:g} s) holds no frame: {what}")
+    return bounds
+
+
 def plan_native_segments(num_frames: int, switch_frames: Sequence[int], num_segments: int) -> list[tuple[int, int]]:
     """``[start, end)`` bounds from the frames where a generator actually switched prompts.
 
@@ -119,7 +172,9 @@ class SegmentedVideo:
     """A video decoded once, with one ``[start, end)`` frame range per prompt.
 
     Segments are views into ``frames``; metrics sample from them with the samplers in
-    :mod:`narrastream.video.samplers` and never decode again.
+    :mod:`narrastream.video.samplers` and never decode again. ``timing`` is the measured frame
+    timing (:class:`~narrastream.video.timing.FrameTiming` as a dict, plus ``cut_by``: ``frame count``,
+    ``timestamps`` or ``switch frames``), None when the frames did not come with timestamps.
     """
 
     def __init__(
@@ -129,6 +184,7 @@ class SegmentedVideo:
         bounds: Sequence[tuple[int, int]],
         segmentation: str,
         path: Path | None = None,
+        timing: dict[str, Any] | None = None,
     ) -> None:
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
             raise ValueError(f"frames must be a (T, H, W, 3) uint8 array, got {frames.dtype} {frames.shape}")
@@ -139,6 +195,7 @@ class SegmentedVideo:
         self.bounds = [(int(a), int(b)) for a, b in bounds]
         self.segmentation = segmentation
         self.path = Path(path) if path is not None else None
+        self.timing = timing
 
     @classmethod
     def from_frames(
@@ -149,12 +206,30 @@ class SegmentedVideo:
         rule: SegmentRule = SegmentRule(),
         switch_frames: Sequence[int] | None = None,
         path: Path | None = None,
+        *,
+        pts: Sequence[int] | np.ndarray | None = None,
+        time_base: Fraction | None = None,
     ) -> "SegmentedVideo":
-        """Segment an already decoded array: at ``switch_frames`` if given, else by time."""
+        """Segment an already decoded array: at ``switch_frames`` if given, else by time.
+
+        Time segmentation counts frames (``int(fps * S)`` per segment) unless the timestamps ``pts``
+        (integers in ``time_base`` units, one per frame) show a variable frame rate: then it cuts by
+        timestamps, and ``fps`` becomes the measured mean rate.
+        """
+        timing: FrameTiming | None = None
+        if pts is not None:
+            if len(pts) != len(frames):
+                raise ValueError(f"{len(pts)} timestamps for {len(frames)} frames")
+            timing = measure_timing(np.asarray(pts, dtype=np.int64), time_base, fps)
         if switch_frames is not None:
-            bounds = plan_native_segments(len(frames), switch_frames, num_segments)
-            return cls(frames, fps, bounds, "native", path)
-        return cls(frames, fps, plan_segments(len(frames), fps, num_segments, rule), "time", path)
+            bounds, segmentation, cut_by = plan_native_segments(len(frames), switch_frames, num_segments), "native", "switch frames"
+        elif timing is not None and timing.vfr:
+            bounds, segmentation, cut_by = plan_timestamp_segments(pts, time_base, num_segments, rule), "time", "timestamps"
+            fps = timing.mean_fps
+        else:
+            bounds, segmentation, cut_by = plan_segments(len(frames), fps, num_segments, rule), "time", "frame count"
+        details = {**timing.to_dict(), "cut_by": cut_by} if timing is not None else None
+        return cls(frames, fps, bounds, segmentation, path, details)
 
     @classmethod
     def from_file(
@@ -164,18 +239,32 @@ class SegmentedVideo:
         rule: SegmentRule = SegmentRule(),
         switch_frames: Sequence[int] | None = None,
         expected_fps: float | None = None,
+        limits: VideoLimits = NO_LIMITS,
     ) -> "SegmentedVideo":
-        """Decode ``path`` once and segment it; every error message starts with the path."""
+        """Decode ``path`` once and segment it; every error message starts with the path.
+
+        The header is checked before decoding: against ``limits`` (:class:`VideoLimitError`) and
+        ``expected_fps``. A variable frame rate is found only by decoding; with ``expected_fps`` set
+        it is a :class:`FpsMismatchError` too.
+        """
         path = Path(path)
-        if expected_fps is not None:
-            actual = probe_video(path).fps  # before decoding a gigabyte for nothing
-            if abs(actual - expected_fps) > FPS_TOLERANCE:
-                raise FpsMismatchError(f"{path}: the video runs at {actual:g} fps, expected {expected_fps:g} fps")
-        frames, fps = decode_video(path)
+        if expected_fps is not None or limits != NO_LIMITS:
+            info = probe_video(path)  # before decoding a gigabyte for nothing
+            check_video_limits(info, limits)
+            if expected_fps is not None and abs(info.fps - expected_fps) > FPS_TOLERANCE:
+                raise FpsMismatchError(f"{path}: the video runs at {info.fps:g} fps, expected {expected_fps:g} fps")
+        decoded = decode_video_timed(path, limits=limits)
         try:
-            return cls.from_frames(frames, fps, num_segments, rule, switch_frames, path)
+            video = cls.from_frames(decoded.frames, decoded.fps, num_segments, rule, switch_frames, path,
+                                    pts=decoded.pts, time_base=decoded.time_base)
         except SegmentationError as e:
             raise SegmentationError(f"{path}: {e}") from e
+        if expected_fps is not None and video.timing is not None and video.timing["vfr"]:
+            t = video.timing
+            raise FpsMismatchError(
+                f"{path}: the video has a variable frame rate (frame intervals {t['min_interval_s']:g} s to "
+                f"{t['max_interval_s']:g} s, {t['mean_fps']:g} fps on average), expected {expected_fps:g} fps")
+        return video
 
     @property
     def num_segments(self) -> int:
