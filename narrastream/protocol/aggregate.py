@@ -40,14 +40,16 @@ def _is_number(value: object) -> bool:
 
 
 def records_frame(records: Iterable[Record]) -> pd.DataFrame:
-    """One row per record with the columns the aggregation needs."""
+    """One row per record with the columns the aggregation needs, in key order: the means then add the
+    same numbers in the same order however the records were split across shard files."""
     rows = [
         {"model": r.model, "script_id": r.script_id, "seed": r.seed, "metric": r.metric, "score": r.score,
          "status": r.status, "protocol": r.protocol}
         for r in records
     ]
     columns = ["model", "script_id", "seed", "metric", "score", "status", "protocol"]
-    return pd.DataFrame(rows, columns=columns)
+    frame = pd.DataFrame(rows, columns=columns)
+    return frame.sort_values(["model", "script_id", "seed", "metric"], kind="stable").reset_index(drop=True)
 
 
 def aggregate(records: Iterable[Record], dimensions: Mapping[str, Sequence[str]]) -> pd.DataFrame:
