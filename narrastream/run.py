@@ -89,15 +89,17 @@ def input_errors() -> tuple[type[BaseException], ...]:
 def main(cfg: DictConfig) -> None:
     from narrastream.config import to_plain
 
-    plain = to_plain(cfg)
-    state = _start_shard_state(plain)
+    plain: dict = {}
+    state = None
     error = None
     try:
+        plain = to_plain(cfg)
+        state = _start_shard_state(plain)
         code = execute(plain)
     except input_errors() as exc:
         log.error("%s", exc)
         code, error = EXIT_BAD_INPUT, str(exc)
-    except BaseException as exc:  # a crash or a kill: recorded, then raised as before
+    except BaseException as exc:  # a crash or Ctrl-C: recorded, then raised as before
         _finish_shard_state(plain, state, 1, f"{type(exc).__name__}: {exc}")
         raise
     _finish_shard_state(plain, state, code, error)
