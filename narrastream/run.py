@@ -136,7 +136,8 @@ def _finish_shard_state(cfg: dict, state, code: int, error: str | None) -> None:
 
     if state is None:
         return
-    state.finished, state.exit_code, state.error = time.time(), int(code), error
+    first_line = error.strip().splitlines()[0][:500] if error and error.strip() else None
+    state.finished, state.exit_code, state.error = time.time(), int(code), first_line
     write_state(Path(cfg["run"]["dir"]), state)
 
 

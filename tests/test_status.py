@@ -71,6 +71,7 @@ def test_failures_are_counted_where_they_happened(half_run, tmp_path):
     assert rows(status)[("evaluate", "shard-000-of-002")] == (1, 1, 0)
     assert status.failed_metrics == {"conditional_adjacent": 1}
     assert "failed metrics: conditional_adjacent 1" in render(status)
+    assert "time left at the current rate" in render(status)  # shard 1 is still pending
     # counted by the run's 2 shards, or regrouped by another count
     regrouped = run_status(run_dir, shard_count=1)
     assert rows(regrouped)[("evaluate", "shard-000-of-001")] == (1, 1, 2)

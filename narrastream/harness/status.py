@@ -251,6 +251,11 @@ def render(status: RunStatus) -> str:
         lines.append("failed metrics: " + ", ".join(f"{m} {n}" for m, n in status.failed_metrics.items())
                      + " (reasons in records/; rerunning retries them)")
     lines.append(f"leaderboard: {status.leaderboard}")
-    lines.append("complete" if status.complete else
-                 f"time left at the current rate: {format_seconds(status.seconds_left)} (shards in parallel)")
+    pending = sum(r.pending for r in status.stages)
+    if status.complete:
+        lines.append("complete")
+    elif not pending:
+        lines.append("nothing pending; the failed items are retried by rerunning the same command")
+    else:
+        lines.append(f"time left at the current rate: {format_seconds(status.seconds_left)} (shards in parallel)")
     return "\n".join(lines) + "\n"
