@@ -194,18 +194,27 @@ def engine_overrides(plan: LaunchPlan) -> list[str]:
             return [f"hydra.launcher.ray.init.address={plan.address}",
                     f"hydra.launcher.ray.remote.num_gpus={plan.gpus_per_shard}",
                     f"hydra.launcher.ray.remote.num_cpus={plan.cpus_per_shard or 1}"]
-        per_shard = plan.cpus_per_shard or max(1, (plan.cpus or os.cpu_count() or 1) // plan.shards)
+        # Ray is told the same CPU count the shards are sized by, so they all fit at once
+        cpus = plan.cpus or usable_cpus()
+        per_shard = plan.cpus_per_shard or max(1, cpus // plan.shards)
         out = [f"hydra.launcher.ray.remote.num_gpus={plan.gpus_per_shard}",
-               f"hydra.launcher.ray.remote.num_cpus={per_shard}"]
+               f"hydra.launcher.ray.remote.num_cpus={per_shard}",
+               f"hydra.launcher.ray.init.num_cpus={max(cpus, per_shard)}"]
         if plan.gpus is not None:
             out.append(f"hydra.launcher.ray.init.num_gpus={plan.gpus}")
-        if plan.cpus is not None:
-            out.append(f"hydra.launcher.ray.init.num_cpus={plan.cpus}")
         return out
     out = [] if plan.gpus is None else [f"hydra.launcher.gpus_per_node={plan.gpus_per_shard}"]
     if plan.cpus_per_shard:
         out.append(f"hydra.launcher.cpus_per_task={plan.cpus_per_shard}")
     return out
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def judge_is_in_process(cfg: dict) -> bool:
