@@ -175,7 +175,8 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     if (plan.run_dir / "config.yaml").is_file():
         print(render(run_status(plan.run_dir, shard_count=plan.shards)))
-    shards = ", ".join(f"{name}: {'no report' if code is None else code}" for name, code in result.shard_exit_codes.items())
+    shards = ", ".join(f"{name}: {'no report' if code is None else code}"
+                       for name, code in result.shard_exit_codes.items())
     print(f"launch ({plan.engine}, {plan.shards} shard(s)) finished in {result.seconds:.0f} s; exit codes {shards}"
           + (f"; engine exit code {result.engine_exit_code}" if result.engine_exit_code else ""))
     if result.leaderboard is not None:

@@ -63,8 +63,8 @@ class ShardFailed(RuntimeError):
     """A shard of a multirun ended with a non-zero exit code; Hydra records the job as failed."""
 
     def __init__(self, shard: str, code: int) -> None:
-        super().__init__(f"{shard} ended with exit code {code} "
-                         f"({'bad input or setup' if code == EXIT_BAD_INPUT else 'some items failed'}; see the log above)")
+        why = "bad input or setup" if code == EXIT_BAD_INPUT else "some items failed"
+        super().__init__(f"{shard} ended with exit code {code} ({why}; see the log above)")
         self.code = code
 
 

@@ -61,7 +61,8 @@ def test_ray_plan_asks_one_gpu_per_shard_or_none(tmp_path):
     assert plan.shards == 4 and command[:5] == [sys.executable, "-m", "narrastream.run", "-m",
                                                  "hydra/launcher=ray_local"]
     for expected in ("hydra.launcher.ray.remote.num_gpus=1", "hydra.launcher.ray.init.num_gpus=4",
-                     "hydra.launcher.ray.remote.num_cpus=8", "hydra.launcher.ray.init.num_cpus=32", "shard.count=4", "shard.index=range(4)",
+                     "hydra.launcher.ray.remote.num_cpus=8", "hydra.launcher.ray.init.num_cpus=32",
+                     "shard.count=4", "shard.index=range(4)",
                      "stage=[generate,evaluate]", f"run.dir={tmp_path / 'r'}"):
         assert expected in command
     assert plan.leaderboard_overrides()[-3:] == ["stage=leaderboard", "shard.count=4", "shard.index=0"]

@@ -258,6 +258,9 @@ def launch(plan: LaunchPlan, *, env: dict[str, str] | None = None) -> LaunchResu
     if plan.shard_stages:
         command = plan.shard_command()
         log.info("launching %d shard(s) through %s: %s", plan.shards, plan.engine, " ".join(command))
+        env = dict(os.environ if env is None else env)
+        if not plan.gpus_per_shard:  # CPU shards: no GPU visible, whatever the engine does with 0 GPUs
+            env["CUDA_VISIBLE_DEVICES"] = ""
         # the engine's and shards' logs go to stderr: stdout stays for the status table and results
         engine_code = subprocess.run(command, env=env, stdout=sys.stderr).returncode
     states = read_states(plan.run_dir)
