@@ -1,5 +1,6 @@
 """The ``narrastream`` console script: data checks and export, narrative annotations (verify, annotate),
-protocol checks, leaderboards, registry listings, model weights (list, download, verify), and ``serve-judge``.
+protocol checks, leaderboards, registry listings, model weights (list, download, verify), ``serve-judge``,
+and ``launch`` / ``status`` for shards.
 
 Runs themselves go through the Hydra app ``python -m narrastream.run``. Exit code 2 means bad input
 (the message names the file, line and problem).
@@ -240,6 +241,74 @@ def _cmd_weights_verify(args: argparse.Namespace) -> int:
     return EXIT_BAD_INPUT if bad else 0
 
 
+def _cmd_launch(args: argparse.Namespace) -> int:
+    import shlex
+
+    from narrastream.harness.launch import launch, plan_launch
+    from narrastream.harness.status import render, run_status
+    from narrastream.run import input_errors
+
+    try:
+        plan = plan_launch(args.overrides, engine=args.engine, gpus=args.gpus, shards=args.shards, cpus=args.cpus,
+                           cpus_per_shard=args.cpus_per_shard, address=args.address)
+        if args.dry_run:
+            print(shlex.join(plan.shard_command()) if plan.shard_stages else "(no shard stage)")
+            if "leaderboard" in plan.stages:
+                print(shlex.join([sys.executable, "-m", "narrastream.run", *plan.leaderboard_overrides()]))
+            return 0
+        result = launch(plan)
+    except input_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if (plan.run_dir / "config.yaml").is_file():
+        print(render(run_status(plan.run_dir, shard_count=plan.shards)))
+    shards = ", ".join(f"{name}: {'no report' if code is None else code}"
+                       for name, code in result.shard_exit_codes.items())
+    print(f"launch ({plan.engine}, {plan.shards} shard(s)) finished in {result.seconds:.0f} s; exit codes {shards}"
+          + (f"; engine exit code {result.engine_exit_code}" if result.engine_exit_code else ""))
+    if result.leaderboard is not None:
+        print(f"leaderboard: {result.leaderboard}")
+    return result.exit_code
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from narrastream.harness.status import render, run_status
+
+    status = run_status(args.run_dir, shard_count=args.shards)
+    print(json.dumps(status.to_dict(), indent=1) if args.json else render(status), end="" if not args.json else "\n")
+    return 0
+
+
+def _add_scale_commands(sub) -> None:
+    """``launch`` (all shards through Ray or SLURM, then the leaderboard) and ``status`` (progress)."""
+    from narrastream.harness.launch import ENGINES
+
+    launch = sub.add_parser("launch", help="run every shard through Ray or SLURM, then merge the leaderboard",
+                            description="One shard per GPU on this node (Ray), or on a cluster (Ray, SLURM); then "
+                                        "the leaderboard stage over all shards. OVERRIDES are the run's Hydra "
+                                        "overrides, as for python -m narrastream.run.")
+    launch.add_argument("--engine", choices=list(ENGINES), default="ray",
+                        help="ray: this node or a Ray cluster (default); slurm: submitit; "
+                             "submitit-local: the submitit path on this machine")
+    launch.add_argument("--gpus", type=int, help="GPUs to use, one shard each (default: all this node has); "
+                                                 "0: CPU shards")
+    launch.add_argument("--shards", type=int, help="number of shards (default: --gpus)")
+    launch.add_argument("--cpus", type=int, help="Ray: CPUs of this node to use (default: all)")
+    launch.add_argument("--cpus-per-shard", type=int, help="CPUs per shard (default: --cpus / --shards)")
+    launch.add_argument("--address", help="Ray: join a running cluster (auto: the one `ray start` made)")
+    launch.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    launch.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="e.g. model=longlive data.limit=10")
+    launch.set_defaults(func=_cmd_launch)
+
+    status = sub.add_parser("status", help="progress of a run: done / failed / pending per stage and shard")
+    status.add_argument("run_dir", type=Path)
+    status.add_argument("--shards", type=int, help="shard count to report by (default: the run's config.yaml)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=_cmd_status)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="narrastream", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -327,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto: bfloat16 on a GPU, float32 on the CPU")
     judge.add_argument("--max-tokens", type=int, default=256, help="answer length when a request names none")
     judge.set_defaults(func=_cmd_serve_judge)
+    _add_scale_commands(sub)
     return parser
 
 

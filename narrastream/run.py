@@ -22,12 +22,9 @@ EXIT_ITEMS_FAILED = 3
 
 
 def execute(cfg: dict) -> int:
-    from narrastream.harness.session import STAGES, Session
+    from narrastream.harness.session import Session
 
-    stage = cfg["stage"]
-    if stage not in (*STAGES, "all"):
-        raise ValueError(f"stage must be one of {', '.join(STAGES)} or all; got {stage!r}")
-    stages = STAGES if stage == "all" else (stage,)
+    stages = requested_stages(cfg["stage"])
     session = Session(cfg)
     forget_weights()  # the manifest records what this run loads, not an earlier run of the same process
     session.write_run_files()
@@ -68,6 +65,28 @@ def record_weights(run) -> None:
         run.add_to_manifest("weights", loaded)
 
 
+def requested_stages(stage: str | list[str]) -> tuple[str, ...]:
+    """``all``, one stage, or a list of stages (``stage=[generate,evaluate]``: a shard of a launch)."""
+    from narrastream.harness.session import STAGES
+
+    names = list(stage) if isinstance(stage, (list, tuple)) else [stage]
+    if "all" in names:
+        return STAGES
+    unknown = [n for n in names if n not in STAGES]
+    if unknown or not names:
+        raise ValueError(f"stage must be one of {', '.join(STAGES)}, all, or a list of them; got {stage!r}")
+    return tuple(s for s in STAGES if s in names)
+
+
+class ShardFailed(RuntimeError):
+    """A shard of a multirun ended with a non-zero exit code; Hydra records the job as failed."""
+
+    def __init__(self, shard: str, code: int) -> None:
+        why = "bad input or setup" if code == EXIT_BAD_INPUT else "some items failed"
+        super().__init__(f"{shard} ended with exit code {code} ({why}; see the log above)")
+        self.code = code
+
+
 def input_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input or setup: reported in one line, exit code 2, no traceback."""
     from omegaconf.errors import MissingMandatoryValue
@@ -89,13 +108,63 @@ def input_errors() -> tuple[type[BaseException], ...]:
 def main(cfg: DictConfig) -> None:
     from narrastream.config import to_plain
 
+    plain: dict = {}
+    state = None
+    error = None
     try:
-        code = execute(to_plain(cfg))
+        plain = to_plain(cfg)
+        state = _start_shard_state(plain)
+        code = execute(plain)
     except input_errors() as exc:
         log.error("%s", exc)
-        sys.exit(EXIT_BAD_INPUT)
+        code, error = EXIT_BAD_INPUT, str(exc)
+    except BaseException as exc:  # a crash or Ctrl-C: recorded, then raised as before
+        _finish_shard_state(plain, state, 1, f"{type(exc).__name__}: {exc}")
+        raise
+    _finish_shard_state(plain, state, code, error)
     if code:
+        if _in_multirun():  # one shard's failure must not stop the others: Hydra marks this job failed
+            raise ShardFailed(state.shard if state else "shard", code)
         sys.exit(code)
+
+
+def _start_shard_state(cfg: dict):
+    """Write ``shards/<shard>.json`` for an invocation that generates or evaluates (not a leaderboard alone)."""
+    from pathlib import Path
+
+    from narrastream.harness.sharding import shard_name
+    from narrastream.results.shard_state import ShardState, write_state
+
+    try:
+        stages = requested_stages(cfg["stage"])
+        shard = shard_name(int(cfg["shard"]["index"]), int(cfg["shard"]["count"]))
+    except (ValueError, KeyError, TypeError):
+        return None  # reported by execute() as bad input
+    if not {"generate", "evaluate"} & set(stages):
+        return None
+    state = ShardState(shard=shard, stages=list(stages))
+    write_state(Path(cfg["run"]["dir"]), state)
+    return state
+
+
+def _finish_shard_state(cfg: dict, state, code: int, error: str | None) -> None:
+    import time
+    from pathlib import Path
+
+    from narrastream.results.shard_state import write_state
+
+    if state is None:
+        return
+    first_line = error.strip().splitlines()[0][:500] if error and error.strip() else None
+    state.finished, state.exit_code, state.error = time.time(), int(code), first_line
+    write_state(Path(cfg["run"]["dir"]), state)
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 if __name__ == "__main__":

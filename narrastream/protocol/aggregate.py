@@ -47,14 +47,17 @@ def _is_number(value: object) -> bool:
 
 
 def records_frame(records: Iterable[Record]) -> pd.DataFrame:
-    """One row per record with the columns the aggregation needs (``config_id`` "" when a record has none)."""
+    """One row per record with the columns the aggregation needs (``config_id`` "" when a record has none),
+    in key order: the means then add the same numbers in the same order however the records were split
+    across shard files."""
     rows = [
         {"model": r.model, "config_id": r.config_id or "", "script_id": r.script_id, "seed": r.seed,
          "metric": r.metric, "score": r.score, "status": r.status, "protocol": r.protocol}
         for r in records
     ]
     columns = ["model", "config_id", "script_id", "seed", "metric", "score", "status", "protocol"]
-    return pd.DataFrame(rows, columns=columns)
+    frame = pd.DataFrame(rows, columns=columns)
+    return frame.sort_values(["model", "config_id", "script_id", "seed", "metric"], kind="stable").reset_index(drop=True)
 
 
 def aggregate(records: Iterable[Record], dimensions: Mapping[str, Sequence[str]]) -> pd.DataFrame:
