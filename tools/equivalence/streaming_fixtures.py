@@ -17,8 +17,9 @@ Shims (all here; none changes what is computed, each is named in the fixture's `
   No padding masks are involved (their calls pass no lengths; the shim refuses any).
 * ``no_package_init``: ``wan``, ``wan.modules`` and ``pipeline`` are registered as empty packages so that
   their ``__init__`` (which imports the 14B pipelines, training code, ...) is not run.
-* ``cuda_device``: their ``utils/memory.py`` calls ``torch.cuda.current_device()`` at import; it is
-  answered with 0 during the import (the ``gpu`` object it builds is only used in low-memory mode).
+* ``cuda_device``: their ``utils/memory.py`` and ``wan/modules/t5.py`` call ``torch.cuda.current_device()``
+  at import; it is answered with 0 during the imports (the devices they build are only used in low-memory
+  mode and by the umT5 encoder, which is not run).
 * ``from_pretrained``: ``CausalWanModel.from_pretrained(wan_models/...)`` builds the model with the small
   configuration (their constructor, with the keyword arguments their wrapper passes) and loads the seeded
   state dict, instead of reading the 1.3B folder.
@@ -232,10 +233,11 @@ def _args(**model_kwargs: Any) -> Any:
 
 def _pipeline(authors: Authors, cls_path: str, args: Any, contexts: list[torch.Tensor], weights_seed: int) -> Any:
     authors.patch_from_pretrained(weights_seed)
-    from utils.wan_wrapper import WanDiffusionWrapper  # type: ignore[import-not-found]
-
     module_name, cls_name = cls_path.rsplit(".", 1)
-    cls = getattr(__import__(module_name, fromlist=[cls_name]), cls_name)
+    with _cuda_device_shim():  # their t5.py takes torch.cuda.current_device() as a default argument
+        from utils.wan_wrapper import WanDiffusionWrapper  # type: ignore[import-not-found]
+
+        cls = getattr(__import__(module_name, fromlist=[cls_name]), cls_name)
     generator = WanDiffusionWrapper(**args.model_kwargs, is_causal=True)
     prompts = [f"prompt {i}" for i in range(len(contexts))]
     kwargs = dict(generator=generator, text_encoder=TextStandIn(prompts, contexts), vae=VaeStandIn())
