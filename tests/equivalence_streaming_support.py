@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,13 @@ def load_ours(fixture: Fixture, tmp_path: Path, method: str) -> CausalWanTransfo
     entry = model_params(method)["weights"]["dit"]
     state = {f"{entry.get('strip_prefix') or ''}{k}": v for k, v in fixture.state_dict().items()}
     path = tmp_path / entry["filename"]
-    torch.save({entry["key"]: state} if entry.get("key") else state, path)
+    if path.suffix == ".safetensors":  # IAMFlow's: its FP8 format is read by another loader (not compared here)
+        from safetensors.torch import save_file
+
+        assert not entry.get("key")
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save({entry["key"]: state} if entry.get("key") else state, path)
     model = CausalWanTransformer(wan_config(fixture)).eval()
     load_wan_state_dict(model, path, key=entry.get("key"), strip_prefix=entry.get("strip_prefix"))
     return model
@@ -71,7 +78,7 @@ def check_inputs(fixture: Fixture) -> tuple[list[torch.Tensor], list[np.ndarray]
     """The seeded text features and block noise, proved equal to the tool's by their checksums."""
     seed = fixture.meta["inputs_seed"]
     spec = fixture.meta["inputs"]
-    contexts = [si.context(seed, i) for i in range(len(spec["contexts"]["checksums"]))]
+    contexts = si.stream_contexts(seed, len(spec["contexts"]["checksums"]), fixture.config.get("mix"))
     for c, want in zip(contexts, spec["contexts"]["checksums"]):
         assert np.allclose(seeded.checksum(c), want, rtol=1e-9, atol=1e-6), "text features do not regenerate"
     frames = fixture.config["frames"]
@@ -104,11 +111,28 @@ class RecordingDecoder:
         return torch.zeros(x0.shape[0], 3, x0.shape[2], 8, 8)
 
 
+@dataclass
+class PipelineRun:
+    """What the tests compare from one run of our pipeline."""
+
+    latents: np.ndarray  # [1, C, F, H, W], every block's x0
+    recached: dict[int, tuple[np.ndarray, np.ndarray]]  # switch frame -> the whole KV cache after the re-cache
+    cache: Any  # the StreamingCache as the video ended
+    calls: list[tuple[int, bool, float | None]]  # (start frame, commit, transition_alpha) of every DiT forward
+    details: dict[str, Any]  # StreamResult.details (prompt distances, ...)
+
+    def block_alphas(self) -> list[float | None]:
+        """The SPT alpha of each block (its first forward's)."""
+        seen: dict[int, float | None] = {}
+        for start, _, alpha in self.calls:
+            seen.setdefault(start, alpha)
+        return [seen[s] for s in sorted(seen)]
+
+
 def run_pipeline(fixture: Fixture, model: CausalWanTransformer, params: dict[str, Any],
-                 monkeypatch: pytest.MonkeyPatch) -> tuple[np.ndarray, dict[int, tuple[np.ndarray, np.ndarray]], Any]:
+                 monkeypatch: pytest.MonkeyPatch) -> PipelineRun:
     """Our ``StreamingWanPipeline.generate`` on the fixture's stream: its prompts, switches, text features
-    and noise. Returns the latents ``[1, C, F, H, W]``, the KV cache after each re-cache ({switch frame:
-    (K, V) as [L, B, n * tokens, H, D], sink first}) and the streaming cache as the video ended."""
+    and noise; the K/V caches are read (as [L, B, n * tokens, H, D], sink first) after each re-cache."""
     stream = fixture.config
     contexts, noise = check_inputs(fixture)
     seed = fixture.meta["inputs_seed"]
@@ -132,9 +156,17 @@ def run_pipeline(fixture: Fixture, model: CausalWanTransformer, params: dict[str
     caches: list[Any] = []
     new_cache = model.new_cache
     monkeypatch.setattr(model, "new_cache", lambda *a, **kw: caches.append(new_cache(*a, **kw)) or caches[-1])
+    calls: list[tuple[int, bool, float | None]] = []
+    forward = model.forward
+
+    def recording_forward(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append((kwargs["start_frame"], bool(kwargs.get("commit")), kwargs.get("transition_alpha")))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", recording_forward)
     result = pipe.generate(prompts, seed=0, seconds_per_segment=stream["seconds_per_segment"], fps=stream["fps"],
                            height=si.PIXEL_HEIGHT, width=si.PIXEL_WIDTH)
     assert list(result.plan.switches) == stream["switches"] and result.plan.num_latent_frames == stream["frames"]
     assert renoise.calls == 3 * len(noise) and next(blocks, None) is None, "the noise was not drawn block by block"
     latents = torch.cat(pipe.decoder.latents, dim=2).numpy()
-    return latents, snapshots, caches[0]
+    return PipelineRun(latents, snapshots, caches[0], calls, result.details)

@@ -46,8 +46,8 @@ def _run(name: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Fixture, 
         params["cache"] = dict(params["cache"], sma=cfg["sma"])
         with pytest.MonkeyPatch.context() as monkeypatch, torch.no_grad():
             model = load_ours(fixture, tmp_path_factory.mktemp(name), "memflow")
-            latents, recached, _ = run_pipeline(fixture, model, params, monkeypatch)
-        _RUNS[name] = (fixture, latents, recached)
+            run = run_pipeline(fixture, model, params, monkeypatch)
+        _RUNS[name] = (fixture, run.latents, run.recached)
     return _RUNS[name]
 
 
@@ -97,3 +97,32 @@ def test_memflow_sma_recache_as_released(tmp_path_factory):
     fixture, _, recached = _run("memflow_sma", tmp_path_factory)
     k, _ = recached[15]
     assert_close("K after the re-cache at 15 (SMA)", k, fixture.outputs["recache15/k"], atol=ATOL, rtol=RTOL)
+
+
+@torch.no_grad()
+def test_iamflow_sma_over_an_injected_bank(tmp_path):
+    """IAMFlow @ 7dda1d3, their ``CausalWanModel`` forward (SMA on, sink 3, window 12): blocks 0 and 1 committed,
+    then 4 seeded memory frames in their ``kv_bank`` (``iam_bank_length``, what the identity agents inject):
+    a denoising pass and the context pass of block 2 route over 7 chunks (3 sink + 4 memory), block 3 over 5
+    (2 memory frames). Ours: :class:`MemoryBank` written with the same K/V, ``model(..., bank=bank)``."""
+    from equivalence_streaming_support import si
+    from narrastream.streaming.kv_cache import CachePolicy
+
+    fixture = Fixture("iamflow_bank")
+    cfg = fixture.config
+    model = load_ours(fixture, tmp_path, "iamflow_backbone")
+    assert model_params("iamflow_backbone")["cache"] == {"policy": "sink", "local_attn_size": cfg["local_attn_size"],
+                                                         "sink_size": cfg["sink_size"], "sma": cfg["sma"]}
+    cache = model.new_cache(1, *si.LATENT_HW, CachePolicy.sink(cfg["local_attn_size"], cfg["sink_size"], sma=True))
+    bank = model.new_memory_bank(cfg["bank_frames"], 1, *si.LATENT_HW)
+    memory_k = torch.from_numpy(fixture.uniform_input("bank_k", "iamflow_bank/k"))
+    memory_v = torch.from_numpy(fixture.uniform_input("bank_v", "iamflow_bank/v"))
+    context = si.to_tensor(si.context(fixture.meta["inputs_seed"], 0))
+    for n, (start, t, commit, frames) in enumerate(cfg["calls"]):
+        bank.clear()
+        if frames:
+            tokens = frames * si.FRAME_TOKENS
+            bank.write(memory_k[:, :, :tokens], memory_v[:, :, :tokens])
+        x = torch.from_numpy(fixture.uniform_input(f"x{n}", f"iamflow_bank/x{n}"))
+        flow = model(x, t, context, start_frame=start, cache=cache, commit=commit, bank=bank)
+        assert_close(f"iamflow_bank flow{n}", flow, fixture.outputs[f"flow{n}"], atol=1e-5, rtol=1e-5)

@@ -37,9 +37,9 @@ def test_self_forcing_rolling_cache_and_hard_switch(tmp_path, monkeypatch):
     params = model_params("self_forcing")
     assert params["cache"] == {"policy": "rolling", "local_attn_size": fixture.config["local_attn_size"], "sma": False}
     assert params["transition"]["policy"] == "hard"
-    latents, _, cache = run_pipeline(fixture, load_ours(fixture, tmp_path, "self_forcing"), params, monkeypatch)
-    assert_close("self_forcing latents", latents, fixture.outputs["latents"], atol=ATOL, rtol=RTOL)
-    kv = cache.self_attn
+    run = run_pipeline(fixture, load_ours(fixture, tmp_path, "self_forcing"), params, monkeypatch)
+    assert_close("self_forcing latents", run.latents, fixture.outputs["latents"], atol=ATOL, rtol=RTOL)
+    kv = run.cache.self_attn
     assert kv.stored_frames() == list(range(fixture.config["frames"] - 12, fixture.config["frames"]))
     k, v = kv.export_frames(kv.stored_frames())
     assert_close("final cache K", k, fixture.outputs["final_cache_k"], atol=ATOL, rtol=RTOL)
@@ -54,10 +54,42 @@ def test_longlive_sink_window_and_kv_recache(tmp_path, monkeypatch):
     assert params["cache"] == {"policy": "sink", "local_attn_size": cfg["local_attn_size"], "sink_size": cfg["sink_size"],
                                "sma": False}
     assert params["transition"] == {"policy": "kv_recache", "recache": "one_forward"} and cfg["global_sink"]
-    latents, recached, _ = run_pipeline(fixture, load_ours(fixture, tmp_path, "longlive"), params, monkeypatch)
-    assert_close("longlive latents", latents, fixture.outputs["latents"], atol=ATOL, rtol=RTOL)
-    assert sorted(recached) == cfg["switches"]
-    for switch, (k, v) in recached.items():
+    run = run_pipeline(fixture, load_ours(fixture, tmp_path, "longlive"), params, monkeypatch)
+    assert_close("longlive latents", run.latents, fixture.outputs["latents"], atol=ATOL, rtol=RTOL)
+    assert sorted(run.recached) == cfg["switches"]
+    for switch, (k, v) in run.recached.items():
         # the whole cache right after the re-cache: sink then window, as their buffer holds it
         assert_close(f"K after the re-cache at {switch}", k, fixture.outputs[f"recache{switch}/k"], atol=ATOL, rtol=RTOL)
         assert_close(f"V after the re-cache at {switch}", v, fixture.outputs[f"recache{switch}/v"], atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("name", ["iamflow_spt", "iamflow_hard"])
+@torch.no_grad()
+def test_iamflow_backbone_soft_and_hard_switch(name, tmp_path, monkeypatch):
+    """IAMFlow @ 7dda1d3, its backbone loop without agents (``InteractiveCausalInferencePipeline``): sink 3 +
+    window of 12 with SMA on (no bank: nothing to route), 15 blocks, switches at 15 and 30; ``iamflow_spt``:
+    the adaptive cosine soft prompt transition of configs/iamflow.yaml (windows 6 then 15 frames: the first
+    ramp completes, the second is still running at the end); ``iamflow_hard``: their ``no_transition`` (the KV
+    cache kept, the new prompt's cross-attention K/V computed). Against ``model=iamflow_backbone`` (and its
+    ``transition.policy: hard``)."""
+    fixture = Fixture(name)
+    cfg = fixture.config
+    params = model_params("iamflow_backbone")
+    assert params["cache"] == {"policy": "sink", "local_attn_size": cfg["local_attn_size"], "sink_size": cfg["sink_size"],
+                               "sma": cfg["sma"]}
+    if cfg["transition"] == "soft":
+        spt = cfg["spt"]
+        assert params["transition"] == {"policy": "soft", "curve": spt["base_scheduler"], "adaptive": True,
+                                        "min_window": spt["min_window"], "max_window": spt["max_window"],
+                                        "delay_frames": spt["delay_frames"]}
+    else:
+        params["transition"] = {"policy": "hard"}
+    run = run_pipeline(fixture, load_ours(fixture, tmp_path, "iamflow_backbone"), params, monkeypatch)
+    assert_close(f"{name} latents", run.latents, fixture.outputs["latents"], atol=ATOL, rtol=RTOL)
+    if cfg["transition"] == "soft":
+        # the prompts' distances (float32 means on both sides), then the same alpha for every block
+        assert run.details["prompt_distances"] == pytest.approx(fixture.meta["prompt_distances"], rel=1e-5)
+        assert fixture.meta["spt_windows"] == [6, 15]
+        assert run.block_alphas() == pytest.approx(fixture.meta["block_alphas"], abs=1e-12)
+    else:
+        assert all(alpha is None for _, _, alpha in run.calls)

@@ -4,7 +4,7 @@
     python tools/equivalence/make_fixtures.py NETWORK --checkout DIR [--commit SHA] [--out DIR]
 
 NETWORK is one of ``dino``, ``raft``, ``amt``, ``vtss``, ``languagebind`` (the metric networks) or
-``wan_forward``, ``self_forcing``, ``longlive``, ``memflow`` (the streaming methods, streaming_fixtures.py). ``--checkout`` is a local
+``wan_forward``, ``self_forcing``, ``longlive``, ``memflow``, ``iamflow`` (the streaming methods, streaming_fixtures.py). ``--checkout`` is a local
 checkout of the authors' repository at the pinned commit (:data:`PINS`; tools/equivalence/README.md
 says how to get each). The tool imports the authors' modules from there -- nothing of theirs is in
 this repository -- builds the network with a small configuration, fills its state dict with
@@ -351,9 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("network", choices=sorted(MAKERS))
     parser.add_argument("--checkout", type=Path, required=True, help="the authors' repository at the pinned commit")
-    parser.add_argument("--layout", choices=["official", "upstream", "sma"], default="upstream",
+    parser.add_argument("--layout", choices=["official", "upstream", "sma", "hard", "bank"], default="upstream",
                         help="dino: the evaluator's vendored file (official) or facebookresearch/dino (upstream); "
-                             "memflow: sma runs their bank with SMA routing on")
+                             "memflow: sma runs their bank with SMA routing on; iamflow: upstream (soft prompt "
+                             "transition), hard (no_transition) or bank (SMA over an injected memory bank)")
     parser.add_argument("--commit", help="the commit of a checkout that is not a git work tree (an exported tree)")
     parser.add_argument("--allow-other-commit", action="store_true", help="accept a checkout at another commit")
     parser.add_argument("--weights-seed", type=int, default=1234)

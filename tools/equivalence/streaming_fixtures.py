@@ -40,6 +40,7 @@ Shims (all here; none changes what is computed, each is named in the fixture's `
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import sys
 import types
@@ -59,6 +60,7 @@ import streaming_inputs as si  # noqa: E402
 SELF_FORCING = ("guandeh17/Self-Forcing", "33593df3e81fa3ec10239271dd2c100facac6de1")
 LONGLIVE = ("NVlabs/LongLive", "e52d9ef6865d843282a6b5e9d46d03b35f88929d")
 MEMFLOW = ("KlingTeam/MemFlow", "7ed514771f5add2af7cc60889e8310ce2b70ab1e")
+IAMFLOW = ("Eddie0521/IAMFlow", "7dda1d3e02e061ad7440f18bd264dffa2dfc5bfa")
 
 #: network -> layout -> (fixture name, repository, pinned commit, path of the code run)
 STREAM_PINS: dict[str, dict[str, tuple[str, str, str, str]]] = {
@@ -67,6 +69,9 @@ STREAM_PINS: dict[str, dict[str, tuple[str, str, str, str]]] = {
     "longlive": {"upstream": ("longlive", *LONGLIVE, "pipeline/interactive_causal_inference.py")},
     "memflow": {"upstream": ("memflow", *MEMFLOW, "pipeline/interactive_causal_inference.py"),
                 "sma": ("memflow_sma", *MEMFLOW, "wan/modules/causal_model.py")},
+    "iamflow": {"upstream": ("iamflow_spt", *IAMFLOW, "iamflow/pipelines/interactive_causal_inference.py"),
+                "hard": ("iamflow_hard", *IAMFLOW, "iamflow/pipelines/interactive_causal_inference.py"),
+                "bank": ("iamflow_bank", *IAMFLOW, "iamflow/vendor/wan/modules/causal_model.py")},
 }
 
 
@@ -96,44 +101,56 @@ def _cuda_device_shim():
         torch.cuda.current_device = original  # type: ignore[assignment]
 
 
+#: where each repository keeps Wan, its pipelines and utilities (IAMFlow vendors them in its package)
+LAYOUTS: dict[str, dict[str, Any]] = {
+    "plain": {"wan": "wan", "pipeline": "pipeline", "utils": "utils",
+              "packages": {"wan": "wan", "wan.modules": "wan/modules", "pipeline": "pipeline"}},
+    "iamflow": {"wan": "iamflow.vendor.wan", "pipeline": "iamflow.pipelines", "utils": "iamflow.utils",
+                "packages": {"iamflow": "iamflow", "iamflow.vendor": "iamflow/vendor",
+                             "iamflow.vendor.wan": "iamflow/vendor/wan",
+                             "iamflow.vendor.wan.modules": "iamflow/vendor/wan/modules",
+                             "iamflow.pipelines": "iamflow/pipelines"}},
+}
+
+
 class Authors:
     """The authors' modules, imported from ``checkout`` with the shims above."""
 
-    def __init__(self, checkout: Path, *, frame_tokens_literal: int | None = None) -> None:
+    def __init__(self, checkout: Path, *, frame_tokens_literal: int | None = None, layout: str = "plain") -> None:
         self.checkout = checkout
+        self.names = LAYOUTS[layout]
         self.shims = ["sdpa", "no_package_init", "cuda_device", "from_pretrained", "model_constants",
                       "seeded_noise", "text_encoder", "vae"]
         sys.path.insert(0, str(checkout))
-        for name, sub in (("wan", "wan"), ("wan.modules", "wan/modules"), ("pipeline", "pipeline")):
+        for name, sub in self.names["packages"].items():
             _package(name, checkout / sub)
+        wan = self.names["wan"]
         with _cuda_device_shim():
-            for memory in ("utils.memory", "demo_utils.memory"):
+            for memory in (f"{self.names['utils']}.memory", "demo_utils.memory"):
                 if (checkout / (memory.replace(".", "/") + ".py")).is_file():
-                    __import__(memory)
-        import wan.modules.attention as attention  # type: ignore[import-not-found]
-
+                    importlib.import_module(memory)
+        attention = importlib.import_module(f"{wan}.modules.attention")
         attention.attention = sdpa
         attention.flash_attention = sdpa
-        import wan.modules.model as model  # type: ignore[import-not-found]
-
+        model = importlib.import_module(f"{wan}.modules.model")
         model.flash_attention = sdpa
         self.replacements = 0
         if frame_tokens_literal is not None:
             self._load_with_frame_tokens(frame_tokens_literal)
-        import wan.modules.causal_model as causal_model  # type: ignore[import-not-found]
-
+        causal_model = importlib.import_module(f"{wan}.modules.causal_model")
         causal_model.attention = sdpa
         self.causal_model = causal_model
         self.keys: list | None = None
         self.ints: dict | None = None
 
     def _load_with_frame_tokens(self, tokens: int) -> None:
-        path = self.checkout / "wan" / "modules" / "causal_model.py"
+        name = f"{self.names['wan']}.modules.causal_model"
+        path = self.checkout / (name.replace(".", "/") + ".py")
         source = path.read_text()
         self.replacements = source.count("1560")
-        module = types.ModuleType("wan.modules.causal_model")
+        module = types.ModuleType(name)
         module.__file__ = str(path)
-        sys.modules["wan.modules.causal_model"] = module
+        sys.modules[name] = module
         exec(compile(source.replace("1560", str(tokens)), str(path), "exec"), module.__dict__)
         self.shims.append("tokens_per_frame")
 
@@ -159,8 +176,9 @@ class Authors:
         self.causal_model.CausalWanModel.from_pretrained = classmethod(from_pretrained)
 
 
-def _resize_caches(pipe: Any, heads: int, head_dim: int) -> None:
-    """Wrap their cache initialisers: same buffers, the small model's heads instead of 12 x 128."""
+def _resize_caches(pipe: Any, heads: int, head_dim: int, text_len: int) -> None:
+    """Wrap their cache initialisers: same buffers, the small model's 2 heads of 32 instead of 12 x 128 (and
+    its text length instead of 512 in the cross-attention caches)."""
     for name in ("_initialize_kv_cache", "_initialize_crossattn_cache", "_initialize_kv_bank"):
         original = getattr(pipe, name, None)
         if original is None:
@@ -168,11 +186,12 @@ def _resize_caches(pipe: Any, heads: int, head_dim: int) -> None:
 
         def wrapper(*args: Any, _original: Callable = original, **kwargs: Any) -> None:
             _original(*args, **kwargs)
-            for attr in ("kv_cache1", "crossattn_cache", "kv_bank1"):
+            for attr in ("kv_cache1", "crossattn_cache", "prev_crossattn_cache", "kv_bank1"):
                 for entry in getattr(pipe, attr, None) or []:
                     for key, value in entry.items():
                         if torch.is_tensor(value) and value.dim() == 4 and value.shape[2:] == (12, 128):
-                            entry[key] = value.new_zeros(*value.shape[:2], heads, head_dim)
+                            tokens = text_len if "crossattn" in attr else value.shape[1]
+                            entry[key] = value.new_zeros(value.shape[0], tokens, heads, head_dim)
 
         setattr(pipe, name, wrapper)
 
@@ -212,8 +231,9 @@ def seeded_randn_like(inputs_seed: int):
         torch.randn_like = original  # type: ignore[assignment]
 
 
-def _inputs_meta(inputs_seed: int, num_prompts: int, num_frames: int) -> tuple[dict, list[torch.Tensor], torch.Tensor]:
-    contexts = [si.to_tensor(si.context(inputs_seed, i)) for i in range(num_prompts)]
+def _inputs_meta(inputs_seed: int, num_prompts: int, num_frames: int, mix: dict | None = None
+                 ) -> tuple[dict, list[torch.Tensor], torch.Tensor]:
+    contexts = [si.to_tensor(c) for c in si.stream_contexts(inputs_seed, num_prompts, mix)]
     blocks = num_frames // si.BLOCK_FRAMES
     noise = torch.cat([si.to_tensor(si.block_noise(inputs_seed, b)) for b in range(blocks)], dim=2)
     meta = {"contexts": {"shape": list(contexts[0].shape), "range": [-1.0, 1.0], "zero_tail": si.CONTEXT_PADDING,
@@ -235,16 +255,15 @@ def _pipeline(authors: Authors, cls_path: str, args: Any, contexts: list[torch.T
     authors.patch_from_pretrained(weights_seed)
     module_name, cls_name = cls_path.rsplit(".", 1)
     with _cuda_device_shim():  # their t5.py takes torch.cuda.current_device() as a default argument
-        from utils.wan_wrapper import WanDiffusionWrapper  # type: ignore[import-not-found]
-
-        cls = getattr(__import__(module_name, fromlist=[cls_name]), cls_name)
+        WanDiffusionWrapper = importlib.import_module(f"{authors.names['utils']}.wan_wrapper").WanDiffusionWrapper
+        cls = getattr(importlib.import_module(f"{authors.names['pipeline']}.{module_name}"), cls_name)
     generator = WanDiffusionWrapper(**args.model_kwargs, is_causal=True)
     prompts = [f"prompt {i}" for i in range(len(contexts))]
     kwargs = dict(generator=generator, text_encoder=TextStandIn(prompts, contexts), vae=VaeStandIn())
     pipe = cls(args, "cpu", **kwargs)
     pipe.num_transformer_blocks = si.TINY_WAN["num_layers"]
     pipe.frame_seq_length = si.FRAME_TOKENS
-    _resize_caches(pipe, si.TINY_WAN["num_heads"], si.TINY_WAN["dim"] // si.TINY_WAN["num_heads"])
+    _resize_caches(pipe, si.TINY_WAN["num_heads"], si.TINY_WAN["dim"] // si.TINY_WAN["num_heads"], si.TINY_WAN["text_len"])
     pipe.prompts = prompts
     return pipe
 
@@ -326,8 +345,8 @@ def make_self_forcing(checkout: Path, layout: str, weights_seed: int, inputs_see
     authors = Authors(checkout)
     authors.shims.append("prompt_router")
     args = _args(timestep_shift=5.0, local_attn_size=stream["local_attn_size"], sink_size=stream["sink_size"])
-    inputs, contexts, noise = _inputs_meta(inputs_seed, stream["prompts"], stream["frames"])
-    pipe = _pipeline(authors, "pipeline.causal_inference.CausalInferencePipeline", args, contexts, weights_seed)
+    inputs, contexts, noise = _inputs_meta(inputs_seed, stream["prompts"], stream["frames"], stream.get("mix"))
+    pipe = _pipeline(authors, "causal_inference.CausalInferencePipeline", args, contexts, weights_seed)
     router = PromptRouter([pipe.text_encoder(text_prompts=[p]) for p in pipe.prompts], stream["switches"],
                           si.BLOCK_FRAMES, si.FRAME_TOKENS, 0, "newest")
     generator = pipe.generator
@@ -355,11 +374,13 @@ MEMFLOW_STREAM = {"prompts": 3, "seconds_per_segment": 3.75, "fps": 16, "frames"
                   "local_attn_size": 12, "sink_size": 3, "global_sink": True, "bank_size": 3, "record_interval": 3}
 
 
-def _interactive(authors: Authors, stream: dict, model_kwargs: dict, weights_seed: int, inputs_seed: int
-                 ) -> tuple[dict, dict]:
+def _interactive(authors: Authors, stream: dict, model_kwargs: dict, weights_seed: int, inputs_seed: int,
+                 extra_args: dict | None = None) -> tuple[dict, dict]:
     args = _args(timestep_shift=5.0, **model_kwargs)
-    inputs, contexts, noise = _inputs_meta(inputs_seed, stream["prompts"], stream["frames"])
-    pipe = _pipeline(authors, "pipeline.interactive_causal_inference.InteractiveCausalInferencePipeline", args,
+    for key, value in (extra_args or {}).items():
+        args[key] = value
+    inputs, contexts, noise = _inputs_meta(inputs_seed, stream["prompts"], stream["frames"], stream.get("mix"))
+    pipe = _pipeline(authors, "interactive_causal_inference.InteractiveCausalInferencePipeline", args,
                      contexts, weights_seed)
     outputs: dict[str, np.ndarray] = {}
     recaches: list[int] = []
@@ -371,14 +392,48 @@ def _interactive(authors: Authors, stream: dict, model_kwargs: dict, weights_see
         outputs[f"recache{current_start_frame}/k"], outputs[f"recache{current_start_frame}/v"] = _cache_snapshot(pipe.kv_cache1)
 
     pipe._recache_after_switch = recache
+    alphas: list[float | None] = []
+    if hasattr(pipe, "_get_current_transition_alpha"):  # IAMFlow: the SPT alpha of every block
+        get_alpha = pipe._get_current_transition_alpha
+
+        def alpha() -> float | None:
+            alphas.append(get_alpha())
+            return alphas[-1]
+
+        pipe._get_current_transition_alpha = alpha
+    distances: list[float] = []
+    if hasattr(pipe, "_compute_prompt_distance"):
+        distance = pipe._compute_prompt_distance
+
+        def prompt_distance(cond_old: dict, cond_new: dict) -> float:
+            distances.append(distance(cond_old, cond_new))
+            return distances[-1]
+
+        pipe._compute_prompt_distance = prompt_distance
+    windows: list[int] = []
+    scheduler = getattr(pipe, "transition_scheduler", None)
+    if scheduler is not None and hasattr(scheduler, "update_for_switch"):  # the adaptive SPT window
+        update = scheduler.update_for_switch
+
+        def update_for_switch(semantic_distance: float) -> None:
+            update(semantic_distance)
+            windows.append(int(scheduler.window_frames))
+
+        scheduler.update_for_switch = update_for_switch
     with seeded_randn_like(inputs_seed) as draws, torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
         _, output = pipe.inference(noise.permute(0, 2, 1, 3, 4), text_prompts_list=[[p] for p in pipe.prompts],
                                    switch_frame_indices=list(stream["switches"]), return_latents=True)
-    if draws.calls != 3 * stream["frames"] // si.BLOCK_FRAMES or recaches != stream["switches"]:
+    expected_recaches = stream["switches"] if stream.get("transition", "kv_recache") == "kv_recache" else []
+    if draws.calls != 3 * stream["frames"] // si.BLOCK_FRAMES or recaches != expected_recaches:
         raise SystemExit(f"unexpected loop: {draws.calls} re-noisings, re-caches at {recaches}")
     outputs["latents"] = _latents(output)
     meta = _common_meta(authors, stream)
     meta["inputs"] = inputs
+    if alphas:
+        meta["block_alphas"] = alphas
+    if distances:
+        meta["prompt_distances"] = distances
+        meta["spt_windows"] = windows
     return meta, outputs
 
 
@@ -403,5 +458,93 @@ def make_memflow(checkout: Path, layout: str, weights_seed: int, inputs_seed: in
     return meta, authors.ints or {}, outputs
 
 
+# ------------------------------------------------------------------------------------------- IAMFlow
+#: 3 prompts of 3.75 s: 45 latent frames, switches at 15 and 30. Prompt 1's features are 35 % prompt 0's, so
+#: the adaptive SPT window of the first switch is 6 frames (3 + 12 d = 7.9) and the ramp completes (alphas
+#: 0, 0, 0.5 then none); the second switch (d > 1) gets 15 frames, still ramping when the video ends.
+IAMFLOW_STREAM = {"prompts": 3, "seconds_per_segment": 3.75, "fps": 16, "frames": 45, "switches": [15, 30],
+                  "local_attn_size": 12, "sink_size": 3, "global_sink": True, "bank_size": 6, "sma": True,
+                  "mix": {"1": [0, 0.35]}}
+#: configs/iamflow.yaml's SPT section
+IAMFLOW_SPT = {"scheduler_type": "adaptive", "base_scheduler": "cosine", "min_window": 3, "max_window": 15,
+               "window_frames": 9, "delay_frames": 3, "steepness": 6.0, "frames_per_chunk": 3}
+
+
+def make_iamflow(checkout: Path, layout: str, weights_seed: int, inputs_seed: int) -> tuple[dict, dict, dict]:
+    """IAMFlow's backbone loop (``InteractiveCausalInferencePipeline``, no agents): sink, window, SMA, and the
+    soft prompt transition (``upstream``) or its ``no_transition`` hard switch (``hard``); ``bank``: their
+    model forward over an injected memory bank with SMA routing (what the identity agents feed it)."""
+    authors = Authors(checkout, frame_tokens_literal=si.FRAME_TOKENS, layout="iamflow")
+    if layout == "bank":
+        return make_iamflow_bank(authors, weights_seed, inputs_seed)
+    transition = "soft" if layout == "upstream" else "hard"
+    stream = dict(IAMFLOW_STREAM, transition=transition)
+    extra = ({"spt_enabled": True, "spt": IAMFLOW_SPT, "transition_strategy": "soft_prompt_transition"}
+             if transition == "soft" else {"spt_enabled": False, "transition_strategy": "no_transition"})
+    stream["spt"] = IAMFLOW_SPT if transition == "soft" else None
+    meta, outputs = _interactive(authors, stream, {"local_attn_size": stream["local_attn_size"],
+                                                   "sink_size": stream["sink_size"], "bank_size": stream["bank_size"],
+                                                   "record_interval": 3, "SMA": stream["sma"]},
+                                 weights_seed, inputs_seed, extra)
+    meta["frame_tokens_literal_replacements"] = authors.replacements
+    return meta, authors.ints or {}, outputs
+
+
+#: (start frame, timestep, commit, memory-bank frames attended) of the direct forwards of ``iamflow_bank``
+IAMFLOW_BANK_CALLS = [(0, 0.0, True, 0), (3, 0.0, True, 0), (6, 937.5, False, 4), (6, 0.0, True, 4),
+                      (9, 625.0, False, 2)]
+IAMFLOW_BANK_FRAMES = 4
+
+
+def make_iamflow_bank(authors: Authors, weights_seed: int, inputs_seed: int) -> tuple[dict, dict, dict]:
+    """Their ``CausalWanModel`` with SMA over (sink ; bank): two clean blocks committed (the sink and one
+    window block), then 4 seeded memory frames in their ``kv_bank`` (``iam_bank_length``) and forwards that
+    route over the 7 (then 5) frame chunks."""
+    model = authors.build_model(weights_seed, local_attn_size=12, sink_size=3, bank_size=6, record_interval=3,
+                                SMA=True, sparse_top_k=6)
+    model.local_attn_size = 12
+    for module in model.modules():
+        if hasattr(module, "max_attention_size"):
+            module.max_attention_size = 12 * si.FRAME_TOKENS
+    layers, heads = si.TINY_WAN["num_layers"], si.TINY_WAN["num_heads"]
+    head_dim = si.TINY_WAN["dim"] // heads
+    kv_cache = [{"k": torch.zeros(1, 12 * si.FRAME_TOKENS, heads, head_dim),
+                 "v": torch.zeros(1, 12 * si.FRAME_TOKENS, heads, head_dim),
+                 "global_end_index": torch.tensor([0]), "local_end_index": torch.tensor([0])} for _ in range(layers)]
+    cross = [{"k": torch.zeros(1, si.TINY_WAN["text_len"], heads, head_dim),
+              "v": torch.zeros(1, si.TINY_WAN["text_len"], heads, head_dim), "is_init": False} for _ in range(layers)]
+    bank_shape = (layers, 1, IAMFLOW_BANK_FRAMES * si.FRAME_TOKENS, heads, head_dim)
+    bank_k = si.to_tensor(seeded.uniform(inputs_seed, "iamflow_bank/k", bank_shape, -si.NOISE_BOUND, si.NOISE_BOUND))
+    bank_v = si.to_tensor(seeded.uniform(inputs_seed, "iamflow_bank/v", bank_shape, -si.NOISE_BOUND, si.NOISE_BOUND))
+    kv_bank = [{"k": torch.zeros(1, 6 * si.FRAME_TOKENS, heads, head_dim), "v": torch.zeros(1, 6 * si.FRAME_TOKENS, heads, head_dim),
+                "k_new": torch.zeros(1, si.FRAME_TOKENS, heads, head_dim), "v_new": torch.zeros(1, si.FRAME_TOKENS, heads, head_dim),
+                "global_end_index": torch.tensor([0]), "local_end_index": torch.tensor([0])} for _ in range(layers)]
+    for layer, entry in enumerate(kv_bank):  # what the identity agent's injection writes
+        entry["k"][:, :bank_shape[2]] = bank_k[layer]
+        entry["v"][:, :bank_shape[2]] = bank_v[layer]
+    context = si.to_tensor(si.context(inputs_seed, 0))
+    shape = (1, si.TINY_WAN["in_dim"], si.BLOCK_FRAMES, *si.LATENT_HW)
+    outputs: dict[str, np.ndarray] = {}
+    inputs: dict[str, Any] = {"context": {"shape": list(context.shape), "checksum": seeded.checksum(context)},
+                              "bank_k": {"shape": list(bank_shape), "range": [-si.NOISE_BOUND, si.NOISE_BOUND],
+                                         "checksum": seeded.checksum(bank_k)},
+                              "bank_v": {"shape": list(bank_shape), "range": [-si.NOISE_BOUND, si.NOISE_BOUND],
+                                         "checksum": seeded.checksum(bank_v)}}
+    with torch.no_grad():
+        for n, (start, t, commit, bank_frames) in enumerate(IAMFLOW_BANK_CALLS):
+            x = si.to_tensor(seeded.uniform(inputs_seed, f"iamflow_bank/x{n}", shape, -si.NOISE_BOUND, si.NOISE_BOUND))
+            inputs[f"x{n}"] = {"shape": list(shape), "range": [-si.NOISE_BOUND, si.NOISE_BOUND], "checksum": seeded.checksum(x)}
+            flow = model(x, t=torch.full((1, si.BLOCK_FRAMES), t), context=context, seq_len=32760, kv_cache=kv_cache,
+                         crossattn_cache=cross, current_start=start * si.FRAME_TOKENS, kv_bank=kv_bank,
+                         update_bank=False, q_bank=False, update_cache=commit,
+                         iam_bank_length=bank_frames * si.FRAME_TOKENS)
+            outputs[f"flow{n}"] = flow.numpy()
+    meta = _common_meta(authors, {"calls": IAMFLOW_BANK_CALLS, "local_attn_size": 12, "sink_size": 3, "sma": True,
+                                  "bank_frames": IAMFLOW_BANK_FRAMES})
+    meta["inputs"] = inputs
+    meta["frame_tokens_literal_replacements"] = authors.replacements
+    return meta, authors.ints or {}, outputs
+
+
 MAKERS = {"wan_forward": make_wan_forward, "self_forcing": make_self_forcing, "longlive": make_longlive,
-          "memflow": make_memflow}
+          "memflow": make_memflow, "iamflow": make_iamflow}

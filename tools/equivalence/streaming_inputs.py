@@ -79,3 +79,15 @@ class NoiseSequence:
 
 def to_tensor(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def stream_contexts(seed: int, num_prompts: int, mix: dict | None = None) -> list[np.ndarray]:
+    """The text features of a stream's prompts. ``mix`` maps a prompt index (as a string, as JSON keeps it)
+    to ``[base, weight]``: that prompt's features are ``weight * base's + (1 - weight) * its own`` (in
+    float32), so that its distance to ``base`` is small (the adaptive SPT window then differs)."""
+    contexts = [context(seed, i) for i in range(num_prompts)]
+    for index, (base, weight) in (mix or {}).items():
+        i = int(index)
+        contexts[i] = np.asarray(np.float32(weight) * contexts[int(base)] + np.float32(1.0 - weight) * contexts[i],
+                                 dtype=np.float32)
+    return contexts
