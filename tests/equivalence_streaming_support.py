@@ -58,7 +58,9 @@ def wan_config(fixture: Fixture) -> WanConfig:
 def load_ours(fixture: Fixture, tmp_path: Path, method: str) -> CausalWanTransformer:
     """Our DiT with the authors' seeded state dict, written as the method's released checkpoint (the
     ``weights.dit`` entry of its model config: nesting key and ``model.`` prefix) and read back by
-    :func:`load_wan_state_dict` (strict) with that entry's ``key`` / ``strip_prefix``."""
+    :func:`load_wan_state_dict` (strict) with that entry's ``key`` / ``strip_prefix``; a fixture made with
+    the authors' LoRA also gets its seeded adapter, saved as ``{"generator_lora": PEFT keys}`` and merged by
+    :func:`merge_lora` with its defaults (rank 256, alpha 256), as the ``streaming_wan`` adapter loads it."""
     entry = model_params(method)["weights"]["dit"]
     state = {f"{entry.get('strip_prefix') or ''}{k}": v for k, v in fixture.state_dict().items()}
     path = tmp_path / entry["filename"]
@@ -71,6 +73,14 @@ def load_ours(fixture: Fixture, tmp_path: Path, method: str) -> CausalWanTransfo
         torch.save({entry["key"]: state} if entry.get("key") else state, path)
     model = CausalWanTransformer(wan_config(fixture)).eval()
     load_wan_state_dict(model, path, key=entry.get("key"), strip_prefix=entry.get("strip_prefix"))
+    if "lora_keys" in fixture.meta:  # the adapter as the release ships it, merged as the adapter does
+        from narrastream.streaming.lora import ADAPTER_KEY, merge_lora
+
+        lora_entry = model_params(method)["weights"]["lora"]
+        lora = seeded.state_dict(fixture.meta["weights_seed"], fixture.meta["lora_keys"], {})
+        lora_path = tmp_path / lora_entry["filename"]
+        torch.save({ADAPTER_KEY: lora}, lora_path)
+        model = merge_lora(model, lora_path).eval()
     return model
 
 

@@ -7,7 +7,10 @@ Fixtures (tools/equivalence/make_fixtures.py; docs/equivalence.md gives commits,
   into their loop as the ``self_forcing-official`` runner does; against ``model=self_forcing``.
 * ``longlive``: LongLive @ e52d9ef, ``InteractiveCausalInferencePipeline.inference``: sink 3 + window of 12,
   10 blocks, switches at 9 (re-cache from frame 0, the sink rewritten) and 18 (sink kept, frames 9..17
-  rewritten), ``global_sink``; against ``model=longlive`` (``transition.recache: one_forward``).
+  rewritten), ``global_sink``; against ``model=longlive`` (``transition.recache: one_forward``);
+  ``longlive_lora``: the same with their LoRA (rank 256) on the generator, against our merged adapter.
+* ``iamflow_spt`` / ``iamflow_hard``: IAMFlow @ 7dda1d3's backbone loop (no agents), soft (adaptive SPT) and
+  hard (``no_transition``) switches; against ``model=iamflow_backbone``.
 
 Our side runs :class:`StreamingWanPipeline.generate` with the method's own ``eval_configs/model`` params, its
 DiT loaded by :func:`load_wan_state_dict` from a file laid out as the method's released checkpoint, the
@@ -46,16 +49,19 @@ def test_self_forcing_rolling_cache_and_hard_switch(tmp_path, monkeypatch):
     assert_close("final cache V", v, fixture.outputs["final_cache_v"], atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.parametrize("name", ["longlive", "longlive_lora"])
 @torch.no_grad()
-def test_longlive_sink_window_and_kv_recache(tmp_path, monkeypatch):
-    fixture = Fixture("longlive")
+def test_longlive_sink_window_and_kv_recache(name, tmp_path, monkeypatch):
+    """``longlive_lora``: the same stream with their rank-256 LoRA on every linear of the blocks, applied by
+    their ``configure_lora_for_model`` + ``peft.set_peft_model_state_dict``; ours merges the adapter file."""
+    fixture = Fixture(name)
     cfg = fixture.config
     params = model_params("longlive")
     assert params["cache"] == {"policy": "sink", "local_attn_size": cfg["local_attn_size"], "sink_size": cfg["sink_size"],
                                "sma": False}
     assert params["transition"] == {"policy": "kv_recache", "recache": "one_forward"} and cfg["global_sink"]
     run = run_pipeline(fixture, load_ours(fixture, tmp_path, "longlive"), params, monkeypatch)
-    assert_close("longlive latents", run.latents, fixture.outputs["latents"], atol=ATOL, rtol=RTOL)
+    assert_close(f"{name} latents", run.latents, fixture.outputs["latents"], atol=ATOL, rtol=RTOL)
     assert sorted(run.recached) == cfg["switches"]
     for switch, (k, v) in run.recached.items():
         # the whole cache right after the re-cache: sink then window, as their buffer holds it

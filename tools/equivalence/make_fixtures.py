@@ -351,10 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("network", choices=sorted(MAKERS))
     parser.add_argument("--checkout", type=Path, required=True, help="the authors' repository at the pinned commit")
-    parser.add_argument("--layout", choices=["official", "upstream", "sma", "hard", "bank"], default="upstream",
+    parser.add_argument("--layout", choices=sorted({layout for layouts in PINS.values() for layout in layouts}),
+                        default="upstream",
                         help="dino: the evaluator's vendored file (official) or facebookresearch/dino (upstream); "
                              "memflow: sma runs their bank with SMA routing on; iamflow: upstream (soft prompt "
-                             "transition), hard (no_transition) or bank (SMA over an injected memory bank)")
+                             "transition), hard (no_transition) or bank (SMA over an injected memory bank); "
+                             "longlive: lora (their LoRA on the generator)")
     parser.add_argument("--commit", help="the commit of a checkout that is not a git work tree (an exported tree)")
     parser.add_argument("--allow-other-commit", action="store_true", help="accept a checkout at another commit")
     parser.add_argument("--weights-seed", type=int, default=1234)

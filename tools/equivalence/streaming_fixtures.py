@@ -66,7 +66,8 @@ IAMFLOW = ("Eddie0521/IAMFlow", "7dda1d3e02e061ad7440f18bd264dffa2dfc5bfa")
 STREAM_PINS: dict[str, dict[str, tuple[str, str, str, str]]] = {
     "wan_forward": {"upstream": ("wan_forward", *SELF_FORCING, "wan/modules/causal_model.py")},
     "self_forcing": {"upstream": ("self_forcing", *SELF_FORCING, "pipeline/causal_inference.py")},
-    "longlive": {"upstream": ("longlive", *LONGLIVE, "pipeline/interactive_causal_inference.py")},
+    "longlive": {"upstream": ("longlive", *LONGLIVE, "pipeline/interactive_causal_inference.py"),
+                 "lora": ("longlive_lora", *LONGLIVE, "utils/lora_utils.py")},
     "memflow": {"upstream": ("memflow", *MEMFLOW, "pipeline/interactive_causal_inference.py"),
                 "sma": ("memflow_sma", *MEMFLOW, "wan/modules/causal_model.py")},
     "iamflow": {"upstream": ("iamflow_spt", *IAMFLOW, "iamflow/pipelines/interactive_causal_inference.py"),
@@ -437,13 +438,54 @@ def _interactive(authors: Authors, stream: dict, model_kwargs: dict, weights_see
     return meta, outputs
 
 
+#: interactive_inference.py's adapter section (configs/longlive_interactive_inference.yaml): rank 256, alpha 256
+LONGLIVE_ADAPTER = {"type": "lora", "rank": 256, "alpha": 256, "dropout": 0.0, "dtype": "bfloat16", "verbose": False}
+
+
 def make_longlive(checkout: Path, layout: str, weights_seed: int, inputs_seed: int) -> tuple[dict, dict, dict]:
-    """Their ``InteractiveCausalInferencePipeline.inference``: sink, rolling window, KV re-cache at switches."""
-    stream = LONGLIVE_STREAM
+    """Their ``InteractiveCausalInferencePipeline.inference``: sink, rolling window, KV re-cache at switches.
+    ``lora``: the same with their LoRA on the generator, as their ``interactive_inference.py`` applies it
+    (``configure_lora_for_model``, then ``peft.set_peft_model_state_dict`` with the ``generator_lora`` dict):
+    the seeded adapter's keys are recorded as ``lora_keys``."""
+    stream = dict(LONGLIVE_STREAM, lora=LONGLIVE_ADAPTER if layout == "lora" else None)
     authors = Authors(checkout)
+    lora_keys: list = []
+    if layout == "lora":
+        _patch_lora(authors, weights_seed, lora_keys)
     meta, outputs = _interactive(authors, stream, {"local_attn_size": stream["local_attn_size"],
                                                    "sink_size": stream["sink_size"]}, weights_seed, inputs_seed)
+    if layout == "lora":
+        meta["lora_keys"] = lora_keys
     return meta, authors.ints or {}, outputs
+
+
+def _patch_lora(authors: Authors, weights_seed: int, lora_keys: list) -> None:
+    """Wrap the pipeline constructor: their LoRA set-up on the generator, the seeded adapter loaded by PEFT."""
+    sys.path.insert(0, str(REPO))
+    from narrastream._compat import ensure_torchvision  # peft imports transformers' models, which import torchvision
+
+    ensure_torchvision()
+    import peft
+    from omegaconf import OmegaConf
+
+    with _cuda_device_shim():
+        lora_utils = importlib.import_module(f"{authors.names['utils']}.lora_utils")
+        interactive = importlib.import_module(f"{authors.names['pipeline']}.interactive_causal_inference")
+    cls = interactive.InteractiveCausalInferencePipeline
+    original = cls.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self.generator.model = lora_utils.configure_lora_for_model(self.generator.model, "generator",
+                                                                   OmegaConf.create(LONGLIVE_ADAPTER), is_main_process=False)
+        keys, ints, _ = seeded.describe(peft.get_peft_model_state_dict(self.generator.model))
+        result = peft.set_peft_model_state_dict(self.generator.model, seeded.state_dict(weights_seed, keys, ints))
+        if getattr(result, "unexpected_keys", None):
+            raise SystemExit(f"PEFT did not take the adapter keys: {result.unexpected_keys[:5]}")
+        lora_keys.extend(keys)
+
+    cls.__init__ = __init__
+    authors.shims.append("lora_from_seed")
 
 
 def make_memflow(checkout: Path, layout: str, weights_seed: int, inputs_seed: int) -> tuple[dict, dict, dict]:
