@@ -77,6 +77,9 @@ def test_memflow_bank_compression_as_released(tmp_path_factory):
     start = _first_compression_frame(fixture.config)
     assert_close("latents from the first compression on", latents[:, :, start:],
                  fixture.outputs["latents"][:, :, start:], atol=ATOL, rtol=RTOL)
+    k, v = recached[30]  # the bank is attended during the re-cache at 30
+    assert_close("K after the re-cache at 30", k, fixture.outputs["recache30/k"], atol=ATOL, rtol=RTOL)
+    assert_close("V after the re-cache at 30", v, fixture.outputs["recache30/v"], atol=ATOL, rtol=RTOL)
 
 
 def test_memflow_sma_routing_over_sink_and_bank(tmp_path_factory):
@@ -94,9 +97,12 @@ def test_memflow_sma_routing_over_sink_and_bank(tmp_path_factory):
                           "all min(12, s) frames, the sink-protected ones included; ours runs only the rewritten "
                           "frames (docs/equivalence.md)")
 def test_memflow_sma_recache_as_released(tmp_path_factory):
-    fixture, _, recached = _run("memflow_sma", tmp_path_factory)
-    k, _ = recached[15]
-    assert_close("K after the re-cache at 15 (SMA)", k, fixture.outputs["recache15/k"], atol=ATOL, rtol=RTOL)
+    fixture, latents, recached = _run("memflow_sma", tmp_path_factory)
+    for switch in fixture.config["switches"]:
+        k, v = recached[switch]
+        assert_close(f"K after the re-cache at {switch} (SMA)", k, fixture.outputs[f"recache{switch}/k"], atol=ATOL, rtol=RTOL)
+        assert_close(f"V after the re-cache at {switch} (SMA)", v, fixture.outputs[f"recache{switch}/v"], atol=ATOL, rtol=RTOL)
+    assert_close("latents from the first switch on (SMA)", latents, fixture.outputs["latents"], atol=ATOL, rtol=RTOL)
 
 
 @torch.no_grad()
