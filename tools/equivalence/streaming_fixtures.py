@@ -1,13 +1,14 @@
 """The streaming methods' fixtures: the authors' causal Wan DiT, KV caches, switches and memory bank.
 
-Imported by ``make_fixtures.py`` (subcommands ``wan_forward``, ``self_forcing``, ``longlive``, ``memflow``).
-Each maker imports the authors' modules from a checkout, builds their ``CausalWanModel`` with the small
-configuration of :data:`streaming_inputs.TINY_WAN` and seeded weights (in their key layout), and runs
-seeded inputs through THEIR inference code: their model forward with their KV-cache dictionaries
-(``wan_forward``), their pipeline's unmodified block loop (``self_forcing``: ``CausalInferencePipeline``;
-``longlive`` and ``memflow``: ``InteractiveCausalInferencePipeline`` with its switches and
-``_recache_after_switch``). Outputs: the latents of every block, and the self-attention KV cache at
-chosen points (after each re-cache, at the end).
+Imported by ``make_fixtures.py`` (subcommands ``wan_forward``, ``self_forcing``, ``longlive`` [``--layout
+lora``], ``memflow`` [``--layout sma``], ``iamflow`` [``--layout hard`` / ``bank``]). Each maker imports the
+authors' modules from a checkout, builds their ``CausalWanModel`` with the small configuration of
+:data:`streaming_inputs.TINY_WAN` and seeded weights (in their key layout), and runs seeded inputs through
+THEIR inference code: their model forward with their KV-cache dictionaries (``wan_forward``, ``iamflow
+--layout bank``), their pipeline's unmodified block loop (``self_forcing``: ``CausalInferencePipeline``;
+``longlive``, ``memflow``, ``iamflow``: ``InteractiveCausalInferencePipeline`` with its switches,
+``_recache_after_switch``, memory bank or soft prompt transition). Outputs: the latents of every block, and
+the self-attention KV cache at chosen points (after each re-cache, at the end).
 
 Shims (all here; none changes what is computed, each is named in the fixture's ``shims`` field):
 
