@@ -21,7 +21,6 @@ import torch
 from equivalence_support import Fixture, assert_close
 from equivalence_streaming_support import load_ours, si
 from narrastream.streaming.kv_cache import CachePolicy
-from narrastream.streaming import wan_model
 
 ATOL, RTOL = 1e-5, 1e-5
 
