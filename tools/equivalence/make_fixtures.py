@@ -3,7 +3,8 @@
 
     python tools/equivalence/make_fixtures.py NETWORK --checkout DIR [--commit SHA] [--out DIR]
 
-NETWORK is one of ``dino``, ``raft``, ``amt``, ``vtss``, ``languagebind``. ``--checkout`` is a local
+NETWORK is one of ``dino``, ``raft``, ``amt``, ``vtss``, ``languagebind`` (the metric networks) or
+``wan_forward``, ``self_forcing``, ``longlive``, ``memflow``, ``iamflow`` (the streaming methods, streaming_fixtures.py). ``--checkout`` is a local
 checkout of the authors' repository at the pinned commit (:data:`PINS`; tools/equivalence/README.md
 says how to get each). The tool imports the authors' modules from there -- nothing of theirs is in
 this repository -- builds the network with a small configuration, fills its state dict with
@@ -339,13 +340,23 @@ MAKERS: dict[str, Callable[[Path, str, int, int], tuple[dict, dict, dict]]] = {
     "dino": make_dino, "raft": make_raft, "amt": make_amt, "vtss": make_vtss, "languagebind": make_languagebind,
 }
 
+# the streaming methods (causal Wan DiT, KV caches, switches, memory bank): streaming_fixtures.py
+from streaming_fixtures import MAKERS as STREAM_MAKERS, STREAM_PINS  # noqa: E402
+
+PINS.update(STREAM_PINS)
+MAKERS.update(STREAM_MAKERS)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("network", choices=sorted(MAKERS))
     parser.add_argument("--checkout", type=Path, required=True, help="the authors' repository at the pinned commit")
-    parser.add_argument("--layout", choices=["official", "upstream"], default="upstream",
-                        help="dino only: the evaluator's vendored file (official) or facebookresearch/dino (upstream)")
+    parser.add_argument("--layout", choices=sorted({layout for layouts in PINS.values() for layout in layouts}),
+                        default="upstream",
+                        help="dino: the evaluator's vendored file (official) or facebookresearch/dino (upstream); "
+                             "memflow: sma runs their bank with SMA routing on; iamflow: upstream (soft prompt "
+                             "transition), hard (no_transition) or bank (SMA over an injected memory bank); "
+                             "longlive: lora (their LoRA on the generator)")
     parser.add_argument("--commit", help="the commit of a checkout that is not a git work tree (an exported tree)")
     parser.add_argument("--allow-other-commit", action="store_true", help="accept a checkout at another commit")
     parser.add_argument("--weights-seed", type=int, default=1234)
