@@ -48,6 +48,17 @@ def _list_ids(ids: Sequence[int], limit: int = 20) -> str:
     return shown + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
 
 
+def _decode_mapping(path: Path) -> str:
+    """A mapping file's text; bytes that are not UTF-8 are an error naming the line."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise PrecomputedVideosError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x}); "
+                                     "mapping files must be UTF-8") from None
+
+
 class PrecomputedGenerator(Generator):
     """Points the harness at existing videos; never copies or re-encodes them."""
 
@@ -122,15 +133,15 @@ class PrecomputedGenerator(Generator):
         assert path is not None
         if not path.is_file():
             raise PrecomputedVideosError(f"precomputed: mapping file {path} does not exist")
+        text = _decode_mapping(path)
         if path.suffix.lower() == ".csv":
-            with open(path, newline="") as f:
-                reader = csv.DictReader(f)
-                if not reader.fieldnames or not {"script_id", "path"} <= set(reader.fieldnames):
-                    raise PrecomputedVideosError(f"{path}: a CSV mapping needs the columns script_id,path")
-                rows = [(line, row["script_id"], row["path"]) for line, row in enumerate(reader, start=2)]
+            reader = csv.DictReader(text.splitlines())
+            if not reader.fieldnames or not {"script_id", "path"} <= set(reader.fieldnames):
+                raise PrecomputedVideosError(f"{path}: a CSV mapping needs the columns script_id,path")
+            rows = [(line, row["script_id"], row["path"]) for line, row in enumerate(reader, start=2)]
         else:
             try:
-                data = json.loads(path.read_text())
+                data = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise PrecomputedVideosError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
             if not isinstance(data, dict):
@@ -143,6 +154,9 @@ class PrecomputedGenerator(Generator):
                 script_id = int(sid)
             except (TypeError, ValueError):
                 raise PrecomputedVideosError(f"{where}: script id {sid!r} is not an integer") from None
+            if not isinstance(video, str) or not video.strip():
+                raise PrecomputedVideosError(f"{where}: the path of script {script_id} is {json.dumps(video)}; "
+                                             "expected a video file name (a non-empty string)")
             video_path = Path(video).expanduser()
             if not video_path.is_absolute():
                 video_path = path.parent / video_path
