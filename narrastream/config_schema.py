@@ -48,10 +48,10 @@ def _not_bool(value: Any) -> Any:
 
 
 Int = Annotated[int, BeforeValidator(_not_bool)]
-NonNegInt = Annotated[int, BeforeValidator(_not_bool), Field(ge=0)]
-PosInt = Annotated[int, BeforeValidator(_not_bool), Field(ge=1)]
-PosFloat = Annotated[float, BeforeValidator(_not_bool), Field(gt=0)]
-NonNegFloat = Annotated[float, BeforeValidator(_not_bool), Field(ge=0)]
+NonNegInt = Annotated[int, Field(ge=0), BeforeValidator(_not_bool)]
+PosInt = Annotated[int, Field(ge=1), BeforeValidator(_not_bool)]
+PosFloat = Annotated[float, Field(gt=0), BeforeValidator(_not_bool)]
+NonNegFloat = Annotated[float, Field(ge=0), BeforeValidator(_not_bool)]
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)$")]
 DEVICE_TEXT = "auto, cpu, cuda, cuda:N or mps"
 
