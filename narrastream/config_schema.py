@@ -276,7 +276,7 @@ def _name_problems(cfg: Mapping[str, Any]) -> list[str]:
                                 f"Known: {', '.join(known)}")
     judge = cfg.get("judge") or {}
     if protocol.get("annotations") == "live" and judge.get("backend", "none") == "none":
-        problems.append("protocol.annotations='live': needs a judge (e.g. judge=siliconflow); judge=none can only "
+        problems.append("protocol.annotations=live needs a judge (e.g. judge=siliconflow); judge=none can only "
                         "use the frozen annotations")
     return problems
 

@@ -58,7 +58,7 @@ def execute(cfg: dict) -> int:
 def check_evaluation_setup(session: Any) -> None:
     """What the evaluate stage needs, checked before the generate stage rather than after it: each metric
     built from its protocol constants, the backbones config, every checkpoint file located (and hashed,
-    cached). No model is loaded; the judge endpoint is not probed."""
+    cached), a local judge's model folder. No model is loaded; the judge endpoint is not probed."""
     from narrastream.config import ConfigError
     from narrastream.metrics.backbones import WeightsNotFoundError
 
@@ -78,6 +78,15 @@ def check_evaluation_setup(session: Any) -> None:
             missing.append(exc)
     if missing:  # every missing checkpoint at once
         raise WeightsNotFoundError.combine(missing)
+    judge = session.cfg.get("judge") or {}
+    if judge.get("backend") == "local":  # the model folder exists (loading it waits for its first question)
+        from narrastream.judges.base import JudgeConfigError
+        from narrastream.judges.local import _check_source
+
+        try:
+            _check_source(str(judge.get("model")))
+        except ValueError as exc:
+            raise JudgeConfigError(f"judge.model: {exc}") from None
 
 
 def input_errors() -> tuple[type[BaseException], ...]:

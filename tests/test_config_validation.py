@@ -162,7 +162,7 @@ def test_shipped_configs_validate():
     (["data.official=maybe"], "data.official='maybe': not allowed. Allowed: auto, true, false"),
     (["data.ids=5"], "data.ids=5: expected a list"),
     (["video.segmentation=natve"], "video.segmentation='natve': not allowed. Did you mean 'native'?"),
-    (["protocol.annotations=live"], "protocol.annotations='live': needs a judge"),
+    (["protocol.annotations=live"], "protocol.annotations=live needs a judge"),
     (["judge=openai", "judge.concurrency=0"], "judge.concurrency=0: must be >= 1"),
     (["judge=local", "judge.model=/m", "judge.dtype=fp8"], "judge.dtype='fp8': not allowed"),
     (["+protocol.metrics.vtsss={}"], "protocol.metrics.vtsss: unknown metric 'vtsss'. Did you mean 'vtss'?"),
