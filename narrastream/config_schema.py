@@ -176,7 +176,7 @@ class ProtocolSection(Section):
 
 
 class JudgeSection(Section):
-    backend: Literal["none", "openai", "local"] = Field("none", description="none, an OpenAI-compatible API, or in process")
+    backend: Literal["none", "openai", "local"] = Field("none", description="none, an OpenAI API, or in process")
     model: str | None = Field(None, description="the VLM (openai: served name; local: folder or hub id)")
     planner_model: str | None = Field(None, description="the planner; null: the same model")
     base_url: str | None = Field(None, description="openai: the endpoint")

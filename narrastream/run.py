@@ -115,9 +115,10 @@ _HYDRA_FLAGS = frozenset({"-h", "--help", "--hydra-help", "--version", "-i", "--
 
 
 def preflight(argv: Sequence[str]) -> None:
-    """Before Hydra starts (it writes into run.dir and reports a bad override with a multi-line message and
-    exit code 1): compose the config, validate it, read the script selection and prove the run folder writable. A problem is one line on
-    stderr and exit code 2. Hydra's own modes are left to Hydra; the same checks run again in :func:`execute`."""
+    """Before Hydra starts (it writes into run.dir and reports a bad override with a multi-line message
+    and exit code 1): compose the config, validate it, read the script selection and prove the run folder
+    writable. A problem is one line on stderr and exit code 2. Hydra's own modes are left to Hydra;
+    :func:`execute` validates again (multirun jobs, programmatic runs)."""
     from narrastream.config import ConfigError
     from narrastream.config_schema import validate_config
     from narrastream.data import DataSourceError, ScriptFileError
