@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any
+import difflib
+from typing import Any, Iterable, Sequence
 
 from narrastream.paths import config_dir
+
+
+class ConfigError(ValueError):
+    """Bad configuration: each problem names the key, the value and what is allowed (one line in all).
+
+    ``python -m narrastream.run`` reports it in one line and exits with code 2, before any work."""
+
+    def __init__(self, problems: str | Sequence[str]) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+def did_you_mean(value: Any, known: Iterable[str], *, quote: bool = True) -> str:
+    """`` Did you mean 'x'?`` (with a leading space) for the close names of ``known``, else ``""``."""
+    close = difflib.get_close_matches(str(value), [str(k) for k in known], n=3, cutoff=0.6)
+    if not close:
+        return ""
+    names = ", ".join(repr(c) if quote else c for c in close)
+    return f" Did you mean {names}?"
 
 
 def compose_config(overrides: list[str] | None = None, config_name: str = "config") -> dict[str, Any]:

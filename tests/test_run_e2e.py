@@ -154,8 +154,11 @@ def test_missing_weights_stop_the_run_with_a_clear_message(tmp_path, monkeypatch
                "backbones.size=full", check=False)
     assert proc.returncode == 2
     assert "dino_vitbase16_pretrain.pth" in proc.stderr and "backbones.paths.dino_vitb16=FILE" in proc.stderr
-    assert (run_dir / "videos" / "synthetic" / "0-s0.mp4").is_file()  # the generated video is kept
+    assert not (run_dir / "videos").exists()  # found before the generate stage, not after it
     assert not list(run_dir.glob("records/*.jsonl"))  # no record claims a failure of the video
+    run("preset=tiny", "data.limit=1", f"run.dir={run_dir}", "backbones.source=files", "backbones.size=full",
+        "stage=generate")  # generating alone needs no checkpoint of the metrics
+    assert (run_dir / "videos" / "synthetic" / "0-s0.mp4").is_file()
 
 
 def test_two_processes_give_bit_identical_scores(tmp_path, tiny_run):

@@ -269,11 +269,15 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON through a temporary file and rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; sidecars are meant to be shared
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; sidecars are meant to be shared
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a kill: no half-written temporary file is left behind
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class AdapterConfigError(ValueError):

@@ -297,27 +297,39 @@ def load_benchmark(path: str | os.PathLike | None = None, *, official: bool | st
 def select_scripts(scripts: Sequence[Script], *, ids: Iterable[int] | None = None,
                    dimensions: Iterable[str] | None = None, limit: int | None = None,
                    source: Path | str = "scripts") -> list[Script]:
-    """Apply ``data.ids``, ``data.dimensions`` then ``data.limit``, in script-id order."""
+    """Apply ``data.ids``, ``data.dimensions`` then ``data.limit``, in script-id order.
+
+    A bad selection (an id not in the file, an unknown dimension, nothing selected) is a
+    :class:`~narrastream.config.ConfigError` naming the key and the value."""
+    from narrastream.config import ConfigError
+
     chosen = list(scripts)
     if ids is not None:
-        wanted = [int(i) for i in ids]
+        try:
+            wanted = [int(i) for i in ids]
+        except (TypeError, ValueError):
+            raise ConfigError(f"data.ids={list(ids)}: script ids are integers (line indices of {source})") from None
         known = {s.id for s in scripts}
         unknown = sorted(set(wanted) - known)
         if unknown:
-            raise ValueError(f"data.ids: {unknown} not in {source} (ids 0..{len(scripts) - 1})")
+            raise ConfigError(f"data.ids={wanted}: {unknown} not in {source}. Allowed: ids 0..{len(scripts) - 1}")
         keep = set(wanted)
         chosen = [s for s in chosen if s.id in keep]
     if dimensions is not None:
-        wanted_dims = set(dimensions)
+        wanted_dims = list(dimensions)
         if any(s.dimension is None for s in chosen):
-            raise ValueError("data.dimensions needs the official file: user script files carry no taxonomy")
-        valid = set(load_taxonomy().dimension_of_template.values())
-        bad = sorted(wanted_dims - valid)
+            raise ConfigError(f"data.dimensions={wanted_dims}: needs the official file; user script files "
+                              "carry no taxonomy")
+        valid = sorted(set(load_taxonomy().dimension_of_template.values()))
+        bad = sorted(set(wanted_dims) - set(valid))
         if bad:
-            raise ValueError(f"data.dimensions: unknown {bad}; known: {sorted(valid)}")
-        chosen = [s for s in chosen if s.dimension in wanted_dims]
+            raise ConfigError(f"data.dimensions={wanted_dims}: unknown {bad}. Allowed: {', '.join(valid)}")
+        chosen = [s for s in chosen if s.dimension in set(wanted_dims)]
     if limit is not None:
-        if int(limit) < 0:
-            raise ValueError(f"data.limit must be >= 0, got {limit}")
+        if int(limit) < 1:
+            raise ConfigError(f"data.limit={limit}: must be >= 1 (or null: all)")
         chosen = chosen[: int(limit)]
+    if scripts and not chosen:
+        raise ConfigError(f"data.ids={None if ids is None else list(ids)}, data.dimensions="
+                          f"{None if dimensions is None else list(dimensions)}: select no script of {source}")
     return chosen

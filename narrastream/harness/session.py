@@ -46,6 +46,7 @@ from narrastream.protocol.annotations import (  # noqa: F401 - re-exported for o
     load_annotations,
 )
 from narrastream.hashing import sha256_file
+from narrastream.preflight import environment_oserror
 from narrastream.results.configuration import config_id
 from narrastream.results.records import Record, RecordStore, latest_by_config, record_key
 from narrastream.results.rundir import RunDir, environment_info
@@ -174,6 +175,8 @@ class Session:
         try:
             video = generator.generate(request)
         except Exception as exc:  # noqa: BLE001 - any adapter failure is recorded, then the run goes on
+            if (disk := environment_oserror(exc)) is not None:
+                raise disk from exc  # a full or read-only disk fails every video alike: stop (exit 2), keep the rest
             details = getattr(exc, "details", {}) if isinstance(exc, GenerationError) else {}
             if not isinstance(exc, GenerationError):
                 log.exception("generator %s crashed on script %d seed %d", self.model, sid, seed)
