@@ -218,12 +218,12 @@ def test_mapping_with_a_null_path_names_file_and_id(tmp_path):
     with pytest.raises(PrecomputedVideosError, match=r"map.json: entry '1': the path of script 1 is null"):
         gen.prepare([Script(id=0, prompts=("a",)), Script(id=1, prompts=("b",))], total_scripts=2)
     mapping.write_bytes(b'{"0": "a.mp4",\n "1": "caf\xe9.mp4"}')
-    with pytest.raises(PrecomputedVideosError, match=r"map.json:2: not valid UTF-8"):
+    with pytest.raises(PrecomputedVideosError, match=r"map.json:2: not UTF-8 text"):
         gen.prepare([Script(id=0, prompts=("a",))], total_scripts=2)
     csv_map = tmp_path / "map.csv"
     csv_map.write_text("script_id,path\n0,a.mp4\n1\n")
     gen = PrecomputedGenerator(folder=str(tmp_path), mapping=str(csv_map))
-    with pytest.raises(PrecomputedVideosError, match=r"map.csv:3: the path of script 1 is null"):
+    with pytest.raises(PrecomputedVideosError, match=r"map.csv:3: 1 fields, the header has 2"):
         gen.prepare([Script(id=0, prompts=("a",))], total_scripts=2)
 
 

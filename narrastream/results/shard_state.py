@@ -52,8 +52,12 @@ def write_state(run_root: Path | str, state: ShardState) -> None:
     path = state_path(run_root, state.shard)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(asdict(state), indent=1, sort_keys=True))
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(asdict(state), indent=1, sort_keys=True))
+        tmp.replace(path)
+    except OSError:  # e.g. the disk that stopped the run is full: leave no half-written file behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_states(run_root: Path | str) -> dict[str, ShardState]:
