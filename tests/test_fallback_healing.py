@@ -134,3 +134,26 @@ def test_live_annotation_failures_mark_their_fallbacks(tmp_path, judge_server):
     forget_probes()
     again = session(tmp_path, server, *live).evaluate()  # still down: asked again, not taken as done
     assert again.done == 1 and again.skipped == 0
+
+
+def test_judge_answering_200_not_json_is_one_line_per_failure_and_counted(tmp_path, judge_server, caplog):
+    """HTTP 200 with a body that is not JSON: both judge metrics fail with a reason naming the endpoint
+    and what it sent, no traceback is logged, and the judge summary counts the failures."""
+    server, switch = judge_server
+
+    def not_json(body: dict[str, Any]) -> str:
+        raise HTTPReply(200, "not json", raw=True)
+
+    first = session(tmp_path, server, "protocol.metrics.entity_grounding.fallback_score=null",
+                    "protocol.metrics.vlm_score.fallback_score=null")
+    first.generate()
+    server.responder = not_json
+    with caplog.at_level("WARNING"):
+        summary = first.evaluate()
+    assert summary.failed == 2 and summary.judge_stats["failures"] >= 2
+    where = f"judge http://127.0.0.1:{server.port}/v1 (model {MODEL}): answer is not JSON: 'not json'"
+    assert len(summary.failures) == 2 and all(where in line for line in summary.failures)
+    for metric in JUDGE_METRICS:
+        assert where in latest(tmp_path, metric).reason
+    assert "Traceback" not in caplog.text and not any(r.exc_info for r in caplog.records)
+    assert "failures 0" not in str(summary)
