@@ -128,12 +128,15 @@ def extract_json(text: str) -> Any:
     if stripped.lower().startswith("json"):
         stripped = stripped[4:].strip()
     try:
-        return json.loads(stripped)
-    except json.JSONDecodeError:
-        start, end = stripped.find("{"), stripped.rfind("}")
-        if start != -1 and end > start:
-            return json.loads(stripped[start:end + 1])
-        raise ValueError(f"no JSON object in the answer: {_short(text)!r}") from None
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError:
+            start, end = stripped.find("{"), stripped.rfind("}")
+            if start != -1 and end > start:
+                return json.loads(stripped[start:end + 1])
+            raise ValueError(f"no JSON object in the answer: {_short(text)!r}") from None
+    except RecursionError:  # nested deeper than the parser goes: no answer of ours looks like that
+        raise ValueError(f"the answer's JSON is nested too deeply: {_short(text)!r}") from None
 
 
 class Judge(ABC):
