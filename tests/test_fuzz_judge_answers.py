@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context, event
 from pydantic import BaseModel, ValidationError
 
 from narrastream.iamflow.questions import (
@@ -67,6 +68,29 @@ json_values = st.recursive(
 names = st.one_of(st.text(max_size=12), st.sampled_from(["Mira", " mira ", "MIRA", "the old man", "", "  "]))
 
 
+def count(name: str) -> None:
+    """Tell Hypothesis's statistics which outcome an example had (``--hypothesis-show-statistics``)."""
+    if currently_in_test_context():
+        event(name)
+
+
+def near(valid: st.SearchStrategy, wrong: st.SearchStrategy, odds: int = 3) -> st.SearchStrategy:
+    """``valid`` values ``odds`` times as often as ``wrong`` ones: both outcomes are exercised."""
+    return st.one_of(*[valid] * odds, wrong)
+
+
+def element(valid: st.SearchStrategy, wrong: st.SearchStrategy) -> st.SearchStrategy:
+    return near(valid, wrong, odds=9)
+
+
+def sized(n: int, item: st.SearchStrategy) -> st.SearchStrategy:
+    """Lists of ``n`` items mostly, of another length sometimes, or anything."""
+    return near(st.lists(item, min_size=n, max_size=n), st.one_of(st.lists(item, max_size=n + 2), json_values))
+
+
+percent = st.one_of(st.integers(0, 100), st.floats(0, 100), st.integers(-5, 150))
+
+
 def shaped(**fields: st.SearchStrategy) -> st.SearchStrategy:
     """Objects with the schema's field names (to reach its validators), sometimes with extra keys."""
     return st.one_of(st.fixed_dictionaries(fields), st.fixed_dictionaries(fields, optional={"extra": json_values}),
@@ -80,13 +104,16 @@ def lists_of(element: st.SearchStrategy, max_size: int = 8) -> st.SearchStrategy
 def validated(schema: type[BaseModel], obj: Any, context: dict[str, Any] | None = None) -> BaseModel | None:
     """``schema`` validated on ``obj``, or None after checking that the error names the place."""
     try:
-        return schema.model_validate(obj, context=context)
+        answer = schema.model_validate(obj, context=context)
     except ValidationError as exc:
+        count("invalid")
         assert schema.__name__ in str(exc)
         for error in exc.errors():  # at a field of the schema, or about the object as a whole
             assert not error["loc"] or error["loc"][0] in schema.model_fields, error
             assert error["msg"]
         return None
+    count("valid")
+    return answer
 
 
 def strings_in(obj: Any) -> set[str]:
@@ -106,8 +133,10 @@ def unit(value: float) -> bool:
 
 # ----------------------------------------------------------------------------- the six protocol answers
 @FUZZ
-@given(obj=shaped(segment_importance=lists_of(numbers)), n=st.integers(1, 8))
-def test_segment_weights_answer(obj, n):
+@given(case=st.integers(1, 8).flatmap(
+    lambda n: st.tuples(st.just(n), shaped(segment_importance=sized(n, element(percent, numbers))))))
+def test_segment_weights_answer(case):
+    n, obj = case
     answer = validated(SegmentWeightsAnswer, obj, {"segments": n})
     if answer is not None:
         assert len(answer.segment_importance) == n
@@ -115,17 +144,21 @@ def test_segment_weights_answer(obj, n):
 
 
 @FUZZ
-@given(obj=shaped(keep=lists_of(st.one_of(st.booleans(), scalars))), n=st.integers(2, 8))
-def test_continuity_answer(obj, n):
+@given(case=st.integers(2, 8).flatmap(
+    lambda n: st.tuples(st.just(n), shaped(keep=sized(n - 1, element(st.booleans(), scalars))))))
+def test_continuity_answer(case):
+    n, obj = case
     answer = validated(ContinuityAnswer, obj, {"transitions": n - 1})
     if answer is not None:
         assert len(answer.keep) == n - 1 and all(type(v) is bool for v in answer.keep)
 
 
 @FUZZ
-@given(obj=shaped(groups=st.one_of(st.dictionaries(names, lists_of(numbers), max_size=4), json_values)),
-       n=st.one_of(st.none(), st.integers(1, 8)))
-def test_entity_groups_answer(obj, n):
+@given(case=st.one_of(st.none(), st.integers(1, 8)).flatmap(lambda n: st.tuples(st.just(n), shaped(groups=near(
+    st.dictionaries(names, st.lists(element(st.integers(0, (n or 8) - 1), numbers), max_size=4), max_size=4),
+    json_values)))))
+def test_entity_groups_answer(case):
+    n, obj = case
     answer = validated(EntityGroupsAnswer, obj, {"segments": n} if n is not None else None)
     if answer is not None:
         assert answer.groups  # an answer without any entity is invalid
@@ -157,15 +190,16 @@ def test_segment_entities_answer(obj):
         assert all(isinstance(x, Entity) for x in answer.to_entities())
 
 
-grounding_items = st.one_of(
-    st.fixed_dictionaries({"presence": st.one_of(numbers, scalars), "attribute_match": st.one_of(numbers, scalars)}),
+grounding_items = element(
+    st.fixed_dictionaries({"presence": element(percent, scalars), "attribute_match": element(percent, scalars)}),
     json_values)
 
 
 @FUZZ
-@given(obj=shaped(entity_results=lists_of(grounding_items, 5)), k=st.integers(1, 5),
+@given(case=st.integers(1, 5).flatmap(lambda k: st.tuples(st.just(k), shaped(entity_results=sized(k, grounding_items)))),
        rule=st.sampled_from(["official", "percent"]), has=st.lists(st.booleans(), min_size=5, max_size=5))
-def test_entity_grounding_answer_and_its_segment_score(obj, k, rule, has):
+def test_entity_grounding_answer_and_its_segment_score(case, rule, has):
+    k, obj = case
     answer = validated(EntityGroundingAnswer, obj, {"entities": k})
     if answer is None:
         return
@@ -177,9 +211,11 @@ def test_entity_grounding_answer_and_its_segment_score(obj, k, rule, has):
 
 
 @FUZZ
-@given(obj=shaped(segment_scores=lists_of(st.one_of(numbers, scalars)), overall_score=st.one_of(numbers, scalars)),
-       n=st.integers(1, 6))
-def test_vlm_score_answer_and_its_score(obj, n):
+@given(case=st.integers(1, 6).flatmap(lambda n: st.tuples(st.just(n), shaped(
+    segment_scores=sized(n, element(percent, st.one_of(numbers, scalars))),
+    overall_score=element(percent, st.one_of(numbers, scalars))))))
+def test_vlm_score_answer_and_its_score(case):
+    n, obj = case
     answer = validated(VlmScoreAnswer, obj, {"segments": n})
     if answer is None:
         return
@@ -188,6 +224,78 @@ def test_vlm_score_answer_and_its_score(obj, n):
     overall = unit_interval(answer.overall_score, "percent")
     assert all(unit(v) for v in segments) and unit(overall)
     assert unit(vlm_score(segments, overall, [1.0 / n] * n))
+
+
+# well-formed answers are all accepted, with the values the rules give (no answer is refused wrongly)
+finite = st.one_of(st.integers(-10**6, 10**6), st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False))
+
+
+@FUZZ
+@given(values=st.lists(finite, min_size=1, max_size=8))
+def test_well_formed_segment_weights_are_clamped(values):
+    answer = SegmentWeightsAnswer.model_validate({"segment_importance": values}, context={"segments": len(values)})
+    assert answer.segment_importance == [min(100, max(1, int(v))) for v in values]
+
+
+@FUZZ
+@given(keep=st.lists(st.booleans(), min_size=1, max_size=7))
+def test_well_formed_continuity_is_kept(keep):
+    assert ContinuityAnswer.model_validate({"keep": keep}, context={"transitions": len(keep)}).keep == keep
+
+
+@FUZZ
+@given(n=st.integers(1, 8), groups=st.dictionaries(st.text(max_size=10), st.lists(st.integers(-3, 10), max_size=5),
+                                                    min_size=1, max_size=4))
+def test_well_formed_entity_groups_keep_the_indices_in_range(n, groups):
+    expected = {name: [k for k in ks if 0 <= k < n] for name, ks in groups.items()}
+    expected = {name: ks for name, ks in expected.items() if ks}
+    if not expected:
+        with pytest.raises(ValidationError, match="no entity with valid segment indices"):
+            EntityGroupsAnswer.model_validate({"groups": groups}, context={"segments": n})
+        return
+    assert EntityGroupsAnswer.model_validate({"groups": groups}, context={"segments": n}).groups == expected
+
+
+@FUZZ
+@given(results=st.lists(st.tuples(finite, finite), min_size=1, max_size=5), rule=st.sampled_from(["official", "percent"]))
+def test_well_formed_grounding_answers_score_in_the_unit_interval(results, rule):
+    answer = EntityGroundingAnswer.model_validate(
+        {"entity_results": [{"presence": p, "attribute_match": a} for p, a in results]},
+        context={"entities": len(results)})
+    presence = [unit_interval(r.presence, rule) for r in answer.entity_results]
+    match = [unit_interval(r.attribute_match, rule) for r in answer.entity_results]
+    assert all(unit(v) for v in presence + match)
+    assert unit(grounding_segment_score(presence, match, [True] * len(results)))
+
+
+@FUZZ
+@given(scores=st.lists(finite, min_size=1, max_size=6), overall=finite)
+def test_well_formed_vlm_score_answers_score_in_the_unit_interval(scores, overall):
+    answer = VlmScoreAnswer.model_validate({"segment_scores": scores, "overall_score": overall},
+                                           context={"segments": len(scores)})
+    assert answer.segment_scores == [float(v) for v in scores] and answer.overall_score == float(overall)
+    segments = [unit_interval(v, "percent") for v in answer.segment_scores]
+    assert unit(vlm_score(segments, unit_interval(overall, "percent"), [1.0] * len(scores)))
+
+
+@FUZZ
+@given(scores=st.lists(finite, min_size=1, max_size=5))
+def test_well_formed_chunk_scores_are_clipped(scores):
+    assert ChunkVerdict.model_validate({"scores": scores}).scores == [min(1.0, max(0.0, float(v))) for v in scores]
+
+
+@FUZZ
+@given(matched=st.one_of(st.none(), st.integers(-10**6, 10**6)))
+def test_well_formed_identity_matches_are_kept(matched):
+    assert IdentityMatch.model_validate({"matched_id": matched}).matched_id == matched
+
+
+@FUZZ
+@given(people=st.lists(st.tuples(st.text(min_size=1, max_size=10).filter(str.strip),
+                                 st.lists(st.text(max_size=10), max_size=4)), max_size=4))
+def test_well_formed_extractions_keep_every_named_person(people):
+    answer = EntityExtraction.model_validate({"entities": [{"entity": n, "attrs": a} for n, a in people]})
+    assert {c.entity.lower() for c in answer.entities} == {" ".join(n.split()).lower() for n, _ in people}
 
 
 def test_booleans_are_no_scores():
@@ -246,7 +354,9 @@ corrections = st.one_of(
 
 
 @FUZZ
-@given(obj=shaped(scores=lists_of(st.one_of(numbers, scalars)), corrections=corrections), count=st.integers(1, 5))
+@given(obj=shaped(scores=near(st.lists(element(st.floats(-0.5, 1.5), st.one_of(numbers, scalars)), min_size=1,
+                                         max_size=5), json_values),
+                  corrections=corrections), count=st.integers(1, 5))
 def test_chunk_verdict_answer(obj, count):
     answer = validated(ChunkVerdict, obj)
     if answer is None:
@@ -294,8 +404,11 @@ def ask(call: Callable[[Judge], Any], text: str) -> Any:
     """The question's result, or None after checking the failure is the judge's own, naming the judge."""
     judge = TextJudge(text)
     try:
-        return call(judge)
+        answer = call(judge)
+        count("answered")
+        return answer
     except JudgeAnswerError as exc:
+        count("judge error")
         assert exc.reason.startswith("fuzz-judge: no valid answer after 2 tries (") and "\n" not in exc.reason
         assert judge.stats.failures == 1 and judge.stats.reasks == 1
         return None
@@ -307,21 +420,22 @@ ENTITIES = (Entity("Mira", ("red coat",)), Entity("Noah", ()))
 
 
 @FUZZ
-@given(text=answer_texts(shaped(segment_importance=lists_of(numbers))))
+@given(text=answer_texts(shaped(segment_importance=sized(3, element(percent, numbers)))))
 def test_ask_segment_weights(text):
     got = ask(lambda j: ask_segment_weights(j, PROMPTS), text)
     assert got is None or (len(got) == 3 and all(type(v) is int and 1 <= v <= 100 for v in got))
 
 
 @FUZZ
-@given(text=answer_texts(shaped(keep=lists_of(st.one_of(st.booleans(), scalars)))))
+@given(text=answer_texts(shaped(keep=sized(2, element(st.booleans(), scalars)))))
 def test_ask_continuity(text):
     got = ask(lambda j: ask_continuity(j, PROMPTS), text)
     assert got is None or (len(got) == 2 and all(type(v) is bool for v in got))
 
 
 @FUZZ
-@given(text=answer_texts(shaped(groups=st.dictionaries(names, lists_of(numbers), max_size=3))))
+@given(text=answer_texts(shaped(groups=st.dictionaries(names, st.lists(element(st.integers(0, 2), numbers),
+                                                                        max_size=3), max_size=3))))
 def test_ask_entity_groups(text):
     got = ask(lambda j: ask_entity_groups(j, PROMPTS), text)
     assert got is None or (got and all(all(0 <= k < 3 for k in v) for v in got.values()))
@@ -335,7 +449,7 @@ def test_ask_segment_entities(text):
 
 
 @FUZZ
-@given(text=answer_texts(shaped(entity_results=lists_of(grounding_items, 3))))
+@given(text=answer_texts(shaped(entity_results=sized(2, grounding_items))))
 def test_ask_entity_grounding(text):
     got = ask(lambda j: ask_entity_grounding(j, ENTITIES, FRAMES[0]), text)
     if got is not None:
@@ -345,7 +459,8 @@ def test_ask_entity_grounding(text):
 
 
 @FUZZ
-@given(text=answer_texts(shaped(segment_scores=lists_of(numbers), overall_score=numbers)))
+@given(text=answer_texts(shaped(segment_scores=sized(3, element(percent, numbers)),
+                                 overall_score=element(percent, numbers))))
 def test_ask_vlm_score(text):
     got = ask(lambda j: ask_vlm_score(j, PROMPTS, FRAMES), text)
     if got is not None:
@@ -364,14 +479,15 @@ def test_ask_extract_entities(text):
 
 
 @FUZZ
-@given(text=answer_texts(shaped(matched_id=st.one_of(numbers, scalars))))
+@given(text=answer_texts(shaped(matched_id=near(st.sampled_from([1, 4, 2, None, "new", "4"]), scalars))))
 def test_ask_match_identity(text):
     got = ask(lambda j: match_identity(j, ExtractedEntity("she", ("red coat",)), CANDIDATES), text)
     assert got in (None, 1, 4)  # an ID outside the candidates is a new person, never a made-up ID
 
 
 @FUZZ
-@given(text=answer_texts(shaped(scores=lists_of(numbers), corrections=corrections)))
+@given(text=answer_texts(shaped(scores=st.lists(element(st.floats(0, 1), numbers), min_size=1, max_size=4),
+                                 corrections=corrections)))
 def test_ask_verify_chunk(text):
     got = ask(lambda j: verify_chunk(j, "Mira walks", ["Mira"], FRAMES[0] * 3, {1: ("Mira", ("red coat",))}), text)
     if got is not None:
