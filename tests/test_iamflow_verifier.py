@@ -446,6 +446,127 @@ def test_backlog_beyond_max_pending_is_skipped():
     assert verifier.stats()["skipped"] == 3
 
 
+def hung_vlm(table: dict[str, list[float]]) -> tuple[FakeJudge, dict[str, threading.Event]]:
+    """A VLM that hangs on every prompt starting with ``hang`` until the test sets that prompt's event
+    (a request stuck in the one worker: every later request queues behind it)."""
+    events: dict[str, threading.Event] = {}
+
+    def answer(messages: list[Message]) -> str:
+        prompt = shown_prompt(messages)
+        if prompt.startswith("hang"):
+            assert events.setdefault(prompt, threading.Event()).wait(RELEASE_WAIT_S), "never released"
+        return scores_json(table.get(prompt, [0.5]))
+
+    return FakeJudge(answer, model="fake-vlm"), events
+
+
+def release(events: dict[str, threading.Event], *names: str) -> None:
+    for name in names:
+        events.setdefault(name, threading.Event()).set()
+
+
+def test_hung_vlm_trips_the_breaker_and_later_blocks_are_skipped_without_waiting():
+    judge, events = hung_vlm({})
+    verifier = VisualVerifier(judge, mode="async", timeout_s=0.05, breaker_timeouts=2)
+    try:
+        verifier.submit("p1_c1", BLOCK, "hang", ["Mira"])
+        first = verifier.result("p1_c1")
+        verifier.submit("p1_c2", BLOCK, "fine", ["Mira"])  # queued behind the hung request
+        second = verifier.result("p1_c2")
+        later = []
+        for i in range(3, 7):
+            verifier.submit(f"p1_c{i}", BLOCK, "fine", ["Mira"])
+            later.append(verifier.result(f"p1_c{i}"))
+    finally:
+        release(events, "hang")
+        verifier.close()
+    assert [first.status, second.status] == ["timeout", "timeout"]
+    assert all(v.status == "skipped" and v.reason.startswith("breaker_open") and v.waited_s == 0.0 for v in later)
+    assert "2 consecutive timeouts (from block p1_c2)" in later[0].reason and later[0].scores is None
+    assert [shown_prompt(call) for call in judge.calls] == ["hang"]  # nothing sent after the breaker opened
+    stats = verifier.stats()
+    assert {k: stats[k] for k in ("blocks", "timeout", "skipped", "breaker_trips", "breaker_open_at",
+                                  "breaker_skipped", "breaker_timeouts")} == {
+        "blocks": 6, "timeout": 2, "skipped": 4, "breaker_trips": 1, "breaker_open_at": "p1_c2",
+        "breaker_skipped": 4, "breaker_timeouts": 2}
+    assert stats["blocked_s"] == pytest.approx(first.waited_s + second.waited_s)
+
+
+def test_an_outstanding_request_is_not_waited_for_once_the_breaker_is_open():
+    judge, events = hung_vlm({})
+    verifier = VisualVerifier(judge, mode="async", timeout_s=0.05, breaker_timeouts=1)
+    try:
+        verifier.submit("k1", BLOCK, "hang", [])
+        verifier.submit("k2", BLOCK, "fine", [])  # submitted before the breaker opens (lag 1)
+        assert verifier.result("k1").status == "timeout"
+        outstanding = verifier.result("k2")
+    finally:
+        release(events, "hang")
+        verifier.close()
+    assert (outstanding.status, outstanding.waited_s) == ("skipped", 0.0)
+    assert outstanding.reason.startswith("breaker_open")
+
+
+def test_answers_between_timeouts_keep_the_breaker_closed():
+    judge, events = hung_vlm({"fine": [0.7]})
+    verifier = VisualVerifier(judge, mode="async", timeout_s=0.05, breaker_timeouts=2)
+    try:
+        verifier.submit("k1", BLOCK, "hang-1", [])
+        assert verifier.result("k1").status == "timeout"
+        release(events, "hang-1")  # the VLM recovers: the next answer resets the count
+        verifier.submit("k2", BLOCK, "fine", [])
+        assert verifier.result("k2", timeout_s=RELEASE_WAIT_S).status == "ok"
+        verifier.submit("k3", BLOCK, "hang-2", [])
+        assert verifier.result("k3").status == "timeout"
+        verifier.submit("k4", BLOCK, "fine", [])  # one timeout in a row: still asked
+        release(events, "hang-2")
+        assert verifier.result("k4", timeout_s=RELEASE_WAIT_S).scores == [0.7, 0.5, 0.5]
+    finally:
+        release(events, "hang-1", "hang-2")
+        verifier.close()
+    assert verifier.stats()["breaker_trips"] == 0 and verifier.breaker_open_at is None
+    assert [shown_prompt(call) for call in judge.calls] == ["hang-1", "fine", "hang-2", "fine"]
+
+
+def test_total_wait_per_video_is_bounded():
+    """timeout_s is 10 s, but the video may wait 0.1 s in all: the first wait is cut to it, and once it
+    is spent an answer that is not there yet is a timeout at once."""
+    judge, events = hung_vlm({})
+    verifier = VisualVerifier(judge, mode="async", timeout_s=RELEASE_WAIT_S, max_wait_per_video_s=0.1,
+                              breaker_timeouts=0)
+    try:
+        verifier.submit("k1", BLOCK, "hang", [])
+        first = verifier.result("k1")
+        verifier.submit("k2", BLOCK, "fine", [])
+        second = verifier.result("k2")
+    finally:
+        release(events, "hang")
+        verifier.close()
+    assert first.status == "timeout" and "no answer within 0.1 s" in first.reason
+    assert second.status == "timeout" and "max_wait_per_video_s" in second.reason
+    stats = verifier.stats()
+    assert stats["wait_budget_spent"] is True and stats["max_wait_per_video_s"] == 0.1
+    assert stats["breaker_trips"] == 0  # breaker_timeouts=0: never opens
+
+
+def test_sync_mode_stops_asking_once_the_wait_budget_is_spent():
+    judge = by_prompt_vlm({"Mira walks": [0.2, 0.9, 0.4]})
+    verifier = VisualVerifier(judge, mode="sync", max_wait_per_video_s=1e-9)
+    verifier.submit("k1", BLOCK, "Mira walks", ["Mira"])  # asked: the budget is not spent yet
+    verifier.submit("k2", BLOCK, "Mira walks", ["Mira"])
+    first, second = verifier.result("k1"), verifier.result("k2")
+    verifier.close()
+    assert first.status == "ok" and len(judge.calls) == 1
+    assert second.status == "skipped" and second.reason.startswith("wait_budget_spent")
+
+
+def test_verifier_rejects_bad_bounds():
+    judge = by_prompt_vlm({})
+    for kwargs in ({"max_wait_per_video_s": 0}, {"max_wait_per_video_s": -1.0}, {"breaker_timeouts": -1}):
+        with pytest.raises(ValueError, match="max_wait_per_video_s|breaker_timeouts"):
+            VisualVerifier(judge, **kwargs)
+
+
 def test_sync_mode_asks_in_the_calling_thread():
     judge = by_prompt_vlm({"Mira walks": [0.2, 0.9, 0.4]})
     verifier = VisualVerifier(judge, mode="sync")
@@ -714,6 +835,39 @@ def test_failing_vlm_falls_back_to_the_semantic_choice(tiny):
     assert checked > 0
     assert [e["attributes"] for e in agent.registry.to_json()["entities"]] == [["red coat"]]
     assert agent.to_json()["verifier"]["failed"] == BLOCKS
+
+
+def test_hung_vlm_in_the_pipeline_trips_the_breaker_and_the_sidecar_says_so(tiny):
+    gate = threading.Event()
+
+    def hung(messages):
+        assert gate.wait(RELEASE_WAIT_S), "never released"
+        return scores_json([0.1, 0.2, 0.3])
+
+    vlm = FakeJudge(hung, model="fake-vlm")
+    verifier = VisualVerifier(vlm, mode="async", timeout_s=0.05, breaker_timeouts=2, max_wait_per_video_s=60)
+    agent = IdentityAgent(PROMPTS, CHARACTERS, verifier=verifier, lag_blocks=1)
+    try:
+        run_pipeline(tiny, agent)
+    finally:
+        gate.set()
+        verifier.close()
+    assert [d["verifier"] for d in agent.decisions] == ["timeout", "timeout", "skipped", "skipped"]
+    assert all(d["reason"].startswith("breaker_open") for d in agent.decisions[2:])
+    assert all(d.get("archived", True) for d in agent.decisions)  # the semantic choice is archived
+    stats = agent.to_json()["verifier"]  # what the sidecar's extra.iam.verifier holds
+    assert (stats["timeout"], stats["breaker_trips"], stats["breaker_open_at"], stats["breaker_skipped"]) == (
+        2, 1, "p1_c2", 2)
+    assert len(vlm.calls) == 1 and stats["blocked_s"] >= 0 and stats["max_wait_per_video_s"] == 60
+
+
+def test_bad_verifier_bounds_are_refused_at_start():
+    with pytest.raises(ValueError, match=r"max_wait_per_video_s=0: expected a number of seconds > 0"):
+        _iamflow_generator("model.params.iam.verifier.enabled=true", "model.params.iam.verifier.max_wait_per_video_s=0")
+    with pytest.raises(ValueError, match=r"breaker_timeouts=-1: expected an integer >= 0"):
+        _iamflow_generator("model.params.iam.verifier.enabled=true", "model.params.iam.verifier.breaker_timeouts=-1")
+    assert _iamflow_generator("model.params.iam.verifier.enabled=true",
+                              "model.params.iam.verifier.max_wait_per_video_s=null")
 
 
 def test_async_lag_settles_before_a_kv_recache_switch(tiny):

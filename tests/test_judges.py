@@ -49,6 +49,8 @@ class Script:
                 return '{"value": 1}'
             if kind == "status":
                 raise HTTPReply(arg, f"scripted {arg}", {"Retry-After": "0.01"})
+            if kind == "raw":  # HTTP 200 with this body verbatim: (content type, body)
+                raise HTTPReply(200, arg[1], raw=True, content_type=arg[0])
             return arg
         finally:
             with self._lock:
@@ -137,6 +139,47 @@ def test_slow_answer_times_out(serve):
     judge = judge_for(serve(script), timeout_s=0.3)
     with pytest.raises(JudgeUnavailable, match="Timeout"):
         judge.complete([Message.user("q")])
+
+
+@pytest.mark.parametrize("content_type, body, cause", [
+    ("application/json", "not json", "answer is not JSON: 'not json'"),
+    ("text/html", "<html><body>Gateway login</body></html>", "answer is not JSON: '<html><body>Gateway login"),
+    ("application/json", '{"detail": "ok"}', "answer is not a chat completion (no 'choices' list): '{\"detail\""),
+    ("application/json", "[1, 2]", "answer is not a chat completion (no 'choices' list): '[1, 2]'"),
+    ("application/json", '{"choices": [{"message": 5}]}', "choices[0].message has no text content"),
+])
+def test_http_200_that_is_not_a_chat_completion_names_the_endpoint(serve, caplog, content_type, body, cause):
+    """A broken endpoint (a proxy page, a body that is not JSON) is one line naming the judge's endpoint
+    (no credentials) and what it sent, counted as a failure, with no traceback."""
+    server = serve(Script(("raw", (content_type, body))))
+    judge = judge_for(server)
+    with caplog.at_level("WARNING"), pytest.raises(JudgeUnavailable) as caught:
+        judge.structured([Message.user("q")], Answer, template="t/v1")
+    where = f"judge http://127.0.0.1:{server.port}/v1 (model scripted-model): "
+    assert caught.value.reason.startswith(where + "answer is not ") and cause in caught.value.reason
+    assert "\n" not in caught.value.reason and len(caught.value.reason) < len(where) + 200
+    assert judge.stats.failures == 1 and judge.stats.requests == 1
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and where in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].exc_info is None and "Traceback" not in caplog.text
+
+
+def test_failure_messages_never_show_url_credentials(serve):
+    server = serve(Script(("raw", ("application/json", "not json"))))
+    judge = OpenAIJudge("m", base_url=f"http://user:sk-URL-SECRET@127.0.0.1:{server.port}/v1",
+                        max_retries=0, timeout_s=5.0)
+    with pytest.raises(JudgeUnavailable) as caught:
+        judge.complete([Message.user("q")])
+    assert "SECRET" not in caught.value.reason and f"127.0.0.1:{server.port}/v1" in caught.value.reason
+    assert "SECRET" not in repr(judge.identity())
+
+
+def test_every_failed_request_is_counted_once(serve):
+    script = Script(("status", 500))
+    judge = judge_for(serve(script), max_retries=0, breaker_threshold=0)
+    for _ in range(2):
+        with pytest.raises(JudgeUnavailable):
+            judge.complete([Message.user("q")])
+    assert judge.stats.failures == 2 and judge.stats.requests == 2
 
 
 def free_port() -> int:

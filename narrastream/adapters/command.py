@@ -2,14 +2,14 @@
 
 For each video the harness writes a request file and runs the program with it (see
 runners/README.md for the contract). The program writes the mp4 at ``output_path`` and may write a
-sidecar JSON at ``sidecar_path`` (switch frames, timings, peak memory, device). Its stdout and
+sidecar JSON at ``sidecar_path`` (switch frames, timings, peak memory, device), read and checked by
+:mod:`narrastream.adapters.command_sidecar` (a bad value is a failure naming the field). Its stdout and
 stderr go to a log file; the exit code, duration and log path are kept in the video's sidecar, or
 in the failure record when it fails.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal
@@ -28,9 +28,11 @@ from narrastream.adapters.base import (
     sidecar_path,
     write_json_atomic,
 )
+from narrastream.adapters.command_sidecar import ProgramSidecar, read_program_sidecar
 
 REQUEST_PLACEHOLDER = "{request}"
-#: sidecar fields a program may report; anything else it writes is kept under ``extra``
+#: sidecar fields a program may report (checked: :mod:`narrastream.adapters.command_sidecar`); anything
+#: else it writes is kept under ``extra``
 REPORTED_FIELDS = ("switch_frames", "timings", "peak_memory_bytes", "device", "device_count")
 
 
@@ -97,18 +99,20 @@ class CommandGenerator(Generator):
             raise GenerationError(
                 f"command exited 0 but wrote no video at {out} (script {request.script.id}); log: {log_file}",
                 **facts)
-        reported = self._read_program_sidecar(sidecar)
         try:
             info = probe_video(out)
         except VideoDecodeError as exc:
             raise GenerationError(f"command wrote an unreadable video: {exc}", **facts) from exc
-        timings = {"end_to_end": elapsed, **(reported.pop("timings", None) or {})}
+        try:
+            reported = read_program_sidecar(sidecar, num_segments=len(request.script.prompts)) or ProgramSidecar()
+        except GenerationError as exc:
+            raise GenerationError(str(exc), **facts) from None
         return GeneratedVideo(
             path=out, script_id=request.script.id, seed=request.seed, fps=info.fps,
             num_frames=info.num_frames, width=info.width, height=info.height,
-            switch_frames=reported.pop("switch_frames", None), timings=timings,
-            peak_memory_bytes=reported.pop("peak_memory_bytes", None), device=reported.pop("device", None),
-            device_count=reported.pop("device_count", None), extra={"command": facts, **reported},
+            switch_frames=reported.switch_frames, timings={"end_to_end": elapsed, **(reported.timings or {})},
+            peak_memory_bytes=reported.peak_memory_bytes, device=reported.device,
+            device_count=reported.device_count, extra={**reported.extra(), "command": facts},
         )
 
     def _run(self, argv: list[str], log_file: Path) -> int | None:
@@ -126,15 +130,3 @@ class CommandGenerator(Generator):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 return None
-
-    @staticmethod
-    def _read_program_sidecar(path: Path) -> dict[str, Any]:
-        if not path.is_file():
-            return {}
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise GenerationError(f"{path}:{exc.lineno}: the program's sidecar is not valid JSON ({exc.msg})") from None
-        if not isinstance(data, dict):
-            raise GenerationError(f"{path}: the program's sidecar must be a JSON object")
-        return data

@@ -94,6 +94,15 @@ class StreamingWanGenerator(Generator):
                 raise AdapterConfigError(
                     f"model.params.iam.verifier.lag_blocks={lag}: must be 0..{most} (the cache keeps "
                     f"{self.spec.cache.local_budget} local latent frames, {self.spec.block_frames} per block)")
+        if verifier.get("enabled"):  # bad bounds are bad input, found before any model loads
+            budget, breaker = verifier.get("max_wait_per_video_s"), verifier.get("breaker_timeouts", 3)
+            if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                                       or not budget > 0):
+                raise AdapterConfigError(f"model.params.iam.verifier.max_wait_per_video_s={budget!r}: "
+                                         "expected a number of seconds > 0, or null (no bound)")
+            if isinstance(breaker, bool) or not isinstance(breaker, int) or breaker < 0:
+                raise AdapterConfigError(f"model.params.iam.verifier.breaker_timeouts={breaker!r}: "
+                                         "expected an integer >= 0 (0: the breaker never opens)")
         self._oracle: Any = None  # the evaluator's annotations, read once (iam.entities=oracle only)
         self._iam_judges: dict[str, Any] = {}
         self._digests: dict[str, str] = {}
@@ -201,7 +210,9 @@ class StreamingWanGenerator(Generator):
                                       timeout_s=float(settings.get("timeout_s", 30.0)),
                                       max_pending=int(settings.get("max_pending", 8)),
                                       frames=tuple(settings.get("frames", (0, 4, 8))),
-                                      size=int(settings.get("size", 256)))
+                                      size=int(settings.get("size", 256)),
+                                      max_wait_per_video_s=settings.get("max_wait_per_video_s"),
+                                      breaker_timeouts=int(settings.get("breaker_timeouts", 3)))
         return IdentityAgent(script.prompts, characters, capacity=int(self.iam.get("capacity", 4)),
                              min_multi_entity=int(self.iam.get("min_multi_entity", 2)),
                              max_archived_frames=self.iam.get("max_archived_frames", 16),

@@ -2,7 +2,8 @@
 
 Every stage reads and writes files of the run folder only, so each can be rerun alone and resumes
 where a previous (possibly killed) run stopped: a video counts as done when its sidecar exists, a
-metric when a record with the same cache key exists and did not fail.
+metric when a record with the same cache key exists and did not fail (a fallback caused by a failed
+judge counts as failed: see :func:`narrastream.metrics.base.needs_retry`).
 
 Cache keys and record configurations name everything by content, never by location: the video and
 the checkpoints by sha256 (cached on disk by path, size and mtime, so reruns read no big file again),
@@ -38,7 +39,15 @@ from narrastream.adapters.base import (
 )
 from narrastream.data import Benchmark, Script, ScriptLimits, load_benchmark
 from narrastream.harness.sharding import shard_items, shard_name
-from narrastream.metrics.base import Metric, MetricContext, MetricResult, build_metric
+from narrastream.metrics.base import (
+    ANNOTATIONS_FAILED,
+    FALLBACK_CAUSE,
+    Metric,
+    MetricContext,
+    MetricResult,
+    build_metric,
+    needs_retry,
+)
 from narrastream.protocol.annotations import (  # noqa: F401 - re-exported for older imports
     SHIPPED_ANNOTATIONS,
     AnnotationsError,
@@ -67,6 +76,9 @@ class StageSummary:
     judge_stats: dict[str, int] | None = None
     #: of ``skipped``: records carried over from another configuration (same cache key, nothing computed)
     reused: int = 0
+    #: of ``done``: fallbacks written because the judge failed (a request, or a live annotation question);
+    #: the next run computes them again (:func:`narrastream.metrics.base.needs_retry`)
+    judge_fallbacks: int = 0
 
     def fail(self, message: str) -> None:
         self.failed += 1
@@ -76,6 +88,9 @@ class StageSummary:
         text = f"{self.stage}: {self.done} done, {self.skipped} already done, {self.failed} failed"
         if self.reused:
             text += f" ({self.reused} of the already done carried over from another configuration)"
+        if self.judge_fallbacks:
+            text += (f"; {self.judge_fallbacks} of the done are fallbacks written because the judge failed "
+                     "(the next run computes them again)")
         if self.judge_stats:
             text += "; judge: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in self.judge_stats.items())
         return text
@@ -348,8 +363,9 @@ class Session:
 
     def evaluate(self) -> StageSummary:
         """Score every pending (video, metric); a metric is done when this configuration has a record with
-        the same cache key that did not fail. A record of another configuration with the same cache key
-        (only settings the score does not depend on changed) is carried over, not computed again."""
+        the same cache key that did not fail, nor fall back because something failed. A record of another
+        configuration with the same cache key (only settings the score does not depend on changed) is
+        carried over, not computed again."""
         summary = StageSummary("evaluate")
         metrics = self.metrics()
         store = RecordStore(self.run.records_dir, self.shard)
@@ -357,7 +373,7 @@ class Session:
         latest = latest_by_config(mine)
         reusable: dict[tuple, Record] = {}
         for rec in mine:
-            if rec.status != "failed" and rec.configuration is not None:
+            if not needs_retry(rec.status, rec.details) and rec.configuration is not None:
                 old = reusable.get((rec.key, rec.cache_key))
                 if old is None or rec.created >= old.created:
                     reusable[(rec.key, rec.cache_key)] = rec
@@ -373,7 +389,8 @@ class Session:
             for name, metric in metrics.items():
                 key = record_key(self.model, script.id, seed, name)
                 previous = latest.get((key, cid))
-                if previous is not None and previous.cache_key == keys[name] and previous.status != "failed":
+                if (previous is not None and previous.cache_key == keys[name]
+                        and not needs_retry(previous.status, previous.details)):
                     summary.skipped += 1
                 elif (same := reusable.get((key, keys[name]))) is not None:
                     writer.carry_over(same, configuration)
@@ -557,6 +574,12 @@ class _RecordWriter:
         details = dict(result.details)
         if video is not None and video.timing:
             details.setdefault("video_timing", video.timing)
+        failed_questions = s.annotation_failures.get(script.id)
+        if result.status == "fallback" and failed_questions and FALLBACK_CAUSE not in details:
+            from narrastream.protocol.live_annotations import caused_by_failed_questions
+
+            if caused_by_failed_questions(failed_questions, result.fallbacks):
+                details[FALLBACK_CAUSE] = ANNOTATIONS_FAILED
         rec = Record(
             run_id=s.run.run_id, model=s.model, script_id=script.id, seed=seed, metric=name,
             score=result.score, status=result.status, reason=result.reason, fallbacks=result.fallbacks,
@@ -577,6 +600,8 @@ class _RecordWriter:
             self.summary.fail(f"{name} script {script.id} seed {seed}: {result.reason}")
         else:
             self.summary.done += 1
+            if needs_retry(rec.status, rec.details):
+                self.summary.judge_fallbacks += 1
 
 
 def _plain(obj: Any) -> Any:

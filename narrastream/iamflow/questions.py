@@ -64,11 +64,11 @@ class EntityExtraction(BaseModel):
                 continue
             name = " ".join(name.split())
             attrs = item.get("attrs", item.get("attributes")) or []
-            if not isinstance(attrs, list):
+            if not isinstance(attrs, list) or not all(isinstance(a, str) for a in attrs):
                 raise ValueError(f"attrs of {name!r} must be a list of strings")
             entry = merged.setdefault(name.lower(), {"entity": name, "attrs": []})
             for attr in attrs:
-                attr = " ".join(str(attr).split())
+                attr = " ".join(attr.split())
                 if attr and attr.lower() not in {a.lower() for a in entry["attrs"]}:
                     entry["attrs"].append(attr)
         return list(merged.values())
@@ -105,8 +105,8 @@ class ChunkVerdict(BaseModel):
                 raise ValueError("scores must be numbers, not booleans")
             try:
                 v = float(v)
-            except (TypeError, ValueError):
-                raise ValueError("scores must be numbers") from None
+            except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond any float
+                raise ValueError("scores must be numbers in [0, 1]") from None
             if not math.isfinite(v):
                 raise ValueError("scores must be finite numbers")
             out.append(min(1.0, max(0.0, v)))

@@ -15,6 +15,14 @@ Two modes:
 * ``sync`` (the release's shipped config, ``async_vae_enabled: false``): :meth:`submit` asks the VLM in
   the calling thread, on the DiT's critical path.
 
+A hung VLM must not cost ``timeout_s`` per block for the rest of the video (with one worker, every
+later request queues behind the hung one). So the generator's total wait per video is bounded
+(``max_wait_per_video_s``: each wait is cut to what is left of it; once it is spent, a block whose
+answer is not there yet is a ``timeout`` at once), and ``breaker_timeouts`` consecutive timeouts open
+the circuit breaker for the rest of the video: no request is sent any more, the blocks are
+``skipped`` with reason ``breaker_open`` and answers still outstanding are not waited for. Both are in
+:meth:`stats` (``breaker_trips``, ``blocked_s`` = the total wait, ``wait_budget_spent``).
+
 Every block ends in one :class:`Verdict` whose ``status`` is ``ok``, ``failed`` (the judge was
 unreachable or never answered validly: the reason is kept), ``timeout`` or ``skipped``. Only ``ok``
 verdicts carry scores; the agent then uses the semantic score alone for that block (the release scores
@@ -60,13 +68,24 @@ class VisualVerifier:
 
     def __init__(self, judge: Judge, *, mode: str = "async", timeout_s: float = 30.0, max_pending: int = 8,
                  frames: Sequence[int] = (0, 4, 8), size: int = 256, jpeg_quality: int = 95,
-                 max_tokens: int | None = None) -> None:
+                 max_tokens: int | None = None, max_wait_per_video_s: float | None = None,
+                 breaker_timeouts: int = 3) -> None:
         if mode not in MODES:
             raise ValueError(f"iam.verifier.mode={mode!r}: expected one of {', '.join(MODES)}")
         if timeout_s <= 0 or max_pending < 1 or not frames:
             raise ValueError("iam.verifier: timeout_s must be > 0, max_pending >= 1 and frames non-empty")
+        if max_wait_per_video_s is not None and not max_wait_per_video_s > 0:
+            raise ValueError(f"iam.verifier.max_wait_per_video_s={max_wait_per_video_s!r}: must be > 0 "
+                             "(null: no bound)")
+        if breaker_timeouts < 0:
+            raise ValueError(f"iam.verifier.breaker_timeouts={breaker_timeouts!r}: must be >= 0 (0: never opens)")
         self.judge, self.mode = judge, mode
         self.timeout_s, self.max_pending = float(timeout_s), int(max_pending)
+        self.max_wait_per_video_s = None if max_wait_per_video_s is None else float(max_wait_per_video_s)
+        self.breaker_timeouts = int(breaker_timeouts)
+        self._waited_s = 0.0  # the generator's total wait so far (this verifier serves one video)
+        self._consecutive_timeouts = 0
+        self.breaker_open_at: str | None = None  # the block whose timeout opened the breaker
         self.frames, self.size, self.jpeg_quality = tuple(int(f) for f in frames), int(size), int(jpeg_quality)
         self.max_tokens = max_tokens
         self._futures: dict[str, Future] = {}
@@ -86,11 +105,18 @@ class VisualVerifier:
                registry: Mapping[int, tuple[str, Sequence[str]]] | None = None, count: int | None = None) -> None:
         """Ask for the verdict on one block: ``pixels`` (T, H, W, 3) uint8, the block's decoded frames;
         ``count``: how many candidate frames the block has (default: all of ``frames``)."""
+        if self.breaker_open_at is not None:
+            self._done[key] = Verdict(key, "skipped", reason=self._breaker_reason())
+            return
+        if self._budget_left() == 0.0 and self._pool is None:  # sync: no time left to wait for a request
+            self._done[key] = Verdict(key, "skipped", reason=f"wait_budget_spent: {self._budget_text()}")
+            return
         images = self.images(pixels, count)
         count = len(images)
         if self._pool is None:  # sync: the generator waits for the whole request
             verdict = self._ask(key, images, prompt, names, registry, count)
             verdict.waited_s = verdict.latency_s
+            self._waited_s += verdict.waited_s
             self._done[key] = verdict
             return
         with self._lock:
@@ -116,7 +142,8 @@ class VisualVerifier:
 
     # ------------------------------------------------------------------ results
     def result(self, key: str, timeout_s: float | None = None) -> Verdict:
-        """The verdict for ``key``, waiting at most ``timeout_s`` (default: the configured timeout).
+        """The verdict for ``key``, waiting at most ``timeout_s`` (default: the configured timeout), cut to
+        what is left of ``max_wait_per_video_s``; not at all once the breaker is open.
 
         A request still running at the deadline gives a ``timeout`` verdict and its answer is discarded.
         """
@@ -127,30 +154,67 @@ class VisualVerifier:
                 future = self._futures.pop(key, None)
             if future is None:
                 raise KeyError(f"no verifier request for block {key}")
-            limit = self.timeout_s if timeout_s is None else float(timeout_s)
-            started = time.perf_counter()
-            done = future.done()
-            if not done:
-                try:
-                    future.result(timeout=limit)
-                    done = True
-                except FutureTimeout:
-                    future.cancel()  # not started yet: never runs; running: its answer is dropped
-            waited = time.perf_counter() - started
-            verdict = future.result() if done else Verdict(key, "timeout", reason=f"no answer within {limit:g} s")
-            verdict.waited_s = waited
+            verdict = self._wait_for(key, future, self.timeout_s if timeout_s is None else float(timeout_s))
         self.verdicts.append(verdict)
         return verdict
+
+    def _wait_for(self, key: str, future: Future, limit: float) -> Verdict:
+        if future.done():
+            return future.result()
+        if self.breaker_open_at is not None:  # the VLM is hung: outstanding answers are not waited for
+            future.cancel()
+            return Verdict(key, "skipped", reason=self._breaker_reason())
+        left = self._budget_left()
+        cut = left is not None and left < limit
+        wait = min(limit, left) if left is not None else limit
+        started = time.perf_counter()
+        try:
+            verdict = future.result(timeout=wait)
+        except FutureTimeout:
+            future.cancel()  # not started yet: never runs; running: its answer is dropped
+            reason = f"no answer within {wait:g} s"
+            if cut:
+                reason += f" (wait cut by iam.verifier.max_wait_per_video_s: {self._budget_text()})"
+            verdict = Verdict(key, "timeout", reason=reason)
+        verdict.waited_s = time.perf_counter() - started
+        self._waited_s += verdict.waited_s
+        if verdict.status == "timeout":
+            self._consecutive_timeouts += 1
+            if self.breaker_timeouts and self._consecutive_timeouts >= self.breaker_timeouts:
+                self.breaker_open_at = key
+                log.warning("IAMFlow visual verifier (%s): %d consecutive timeouts, no more requests for this "
+                            "video (breaker_open)", self.judge.model, self._consecutive_timeouts)
+        else:  # the VLM answered (validly or not): it is not hung
+            self._consecutive_timeouts = 0
+        return verdict
+
+    def _budget_left(self) -> float | None:
+        if self.max_wait_per_video_s is None:
+            return None
+        return max(0.0, self.max_wait_per_video_s - self._waited_s)
+
+    def _budget_text(self) -> str:
+        return f"{self._waited_s:.1f} s of {self.max_wait_per_video_s:g} s waited"
+
+    def _breaker_reason(self) -> str:
+        return f"breaker_open: {self.breaker_timeouts} consecutive timeouts (from block {self.breaker_open_at})"
 
     def stats(self) -> dict[str, Any]:
         """For the sidecar: counts per status, the judge's mean latency and the generator's total wait."""
         counts = {s: sum(v.status == s for v in self.verdicts) for s in STATUSES}
         latencies = [v.latency_s for v in self.verdicts if v.status in ("ok", "failed")]
         failures = [f"{v.key}: {v.reason}" for v in self.verdicts if v.status in ("failed", "timeout")]
+        left = self._budget_left()
         return {"mode": self.mode, "model": self.judge.model, "blocks": len(self.verdicts), **counts,
                 "mean_latency_s": float(np.mean(latencies)) if latencies else None,
-                "blocked_s": float(sum(v.waited_s for v in self.verdicts)),
-                "timeout_s": self.timeout_s, "problems": failures[:10]}
+                "blocked_s": float(sum(v.waited_s for v in self.verdicts)),  # the generator's total wait
+                "timeout_s": self.timeout_s, "max_wait_per_video_s": self.max_wait_per_video_s,
+                "wait_budget_spent": left is not None and left == 0.0,
+                "breaker_timeouts": self.breaker_timeouts, "breaker_trips": int(self.breaker_open_at is not None),
+                "breaker_open_at": self.breaker_open_at,
+                "breaker_skipped": sum(v.status == "skipped" and v.reason.startswith("breaker_open")
+                                       for v in self.verdicts),
+                "problems": failures[:10]}
 
     def close(self) -> None:
         """Drop queued requests; a running one finishes in the background and is discarded."""

@@ -128,12 +128,15 @@ def extract_json(text: str) -> Any:
     if stripped.lower().startswith("json"):
         stripped = stripped[4:].strip()
     try:
-        return json.loads(stripped)
-    except json.JSONDecodeError:
-        start, end = stripped.find("{"), stripped.rfind("}")
-        if start != -1 and end > start:
-            return json.loads(stripped[start:end + 1])
-        raise ValueError(f"no JSON object in the answer: {_short(text)!r}") from None
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError:
+            start, end = stripped.find("{"), stripped.rfind("}")
+            if start != -1 and end > start:
+                return json.loads(stripped[start:end + 1])
+            raise ValueError(f"no JSON object in the answer: {_short(text)!r}") from None
+    except RecursionError:  # nested deeper than the parser goes: no answer of ours looks like that
+        raise ValueError(f"the answer's JSON is nested too deeply: {_short(text)!r}") from None
 
 
 class Judge(ABC):
@@ -201,12 +204,15 @@ class Judge(ABC):
             with self._slots:
                 self.stats.add(requests=1)
                 text = self._complete(messages, json_mode=json_mode, max_tokens=max_tokens or self.max_tokens)
-        except JudgeUnavailable as exc:
-            with self._breaker_lock:
-                self._consecutive_unavailable += 1
-                self._last_unavailable = exc.reason
-                if self.breaker_threshold and self._consecutive_unavailable >= self.breaker_threshold:
-                    self._open_until = time.monotonic() + self.breaker_cooldown_s
+        except JudgeError as exc:  # every failed request counts once, whatever the backend
+            self.stats.add(failures=1)
+            log.warning("%s", exc.reason)  # one line per failure: the judge and the cause, no traceback
+            if isinstance(exc, JudgeUnavailable):
+                with self._breaker_lock:
+                    self._consecutive_unavailable += 1
+                    self._last_unavailable = exc.reason
+                    if self.breaker_threshold and self._consecutive_unavailable >= self.breaker_threshold:
+                        self._open_until = time.monotonic() + self.breaker_cooldown_s
             raise
         with self._breaker_lock:
             self._consecutive_unavailable = 0
@@ -251,7 +257,9 @@ class Judge(ABC):
                 self.stats.add(cache_writes=1)
             return answer
         self.stats.add(failures=1)
-        raise JudgeAnswerError(f"{self.model}: no valid answer after {self.reask + 1} tries ({problem})")
+        reason = f"{self.model}: no valid answer after {self.reask + 1} tries ({problem})"
+        log.warning("%s", reason)
+        raise JudgeAnswerError(reason)
 
     def cache_key(self, messages: Sequence[Message], schema: type[BaseModel], template: str) -> str:
         payload = {"endpoint": self.endpoint, "model": self.model, "template": template, "schema": schema.__name__,

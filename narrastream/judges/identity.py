@@ -42,6 +42,26 @@ def endpoint_host(base_url: str | None) -> str | None:
     return urlsplit(base_url).hostname or None
 
 
+def endpoint_label(base_url: str | None) -> str:
+    """``https://user:key@api.example.com:8443/v1?key=x`` -> ``https://api.example.com:8443/v1``: the
+    endpoint as error messages and identities show it (credentials, query and fragment left out).
+
+    >>> endpoint_label("https://user:sk-1@api.example.com:8443/v1?key=sk-2")
+    'https://api.example.com:8443/v1'
+    """
+    if not base_url:
+        return ""
+    try:
+        parts = urlsplit(base_url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # an unparsable URL (bad port): show nothing that could hold a secret
+        return "<unparsable judge URL>"
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}{port}{parts.path}" if parts.scheme else f"{host}{port}{parts.path}"
+
+
 def probe_endpoint(base_url: str, requested_model: str, api_key_env: str | None = None,
                    timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, Any]:
     """Ask ``base_url`` once per process what it serves: ``{reported_model, stand_in, reachable}``.

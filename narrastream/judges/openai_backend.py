@@ -3,6 +3,9 @@
 Transport retries are the ``openai`` client's own (exponential backoff with jitter, ``Retry-After``
 honoured, on connection errors, timeouts, 408/409/429 and 5xx), bounded by ``max_retries``. What is
 still failing after that becomes :class:`JudgeUnavailable`, which the metrics record as ``failed``.
+An endpoint that answers HTTP 200 with something that is not a chat completion (a body that is not
+JSON, an HTML page from a proxy, a JSON object without ``choices``) is unavailable too: one line naming
+the endpoint (without credentials) and the start of what it sent, never a traceback.
 The API key is read from the environment variable named by ``api_key_env`` when the client is built
 and is kept nowhere else: not in configs, identities, records or logs.
 
@@ -13,6 +16,7 @@ stand-in server, which answers under its own name, never under the requested one
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any, Sequence
@@ -20,7 +24,7 @@ from typing import Any, Sequence
 import openai
 
 from narrastream.judges.base import Judge, JudgeError, JudgeUnavailable, Message
-from narrastream.judges.identity import endpoint_host, is_stand_in_response, probe_endpoint
+from narrastream.judges.identity import endpoint_host, endpoint_label, is_stand_in_response, probe_endpoint
 from narrastream.judges.wire import to_openai
 
 log = logging.getLogger(__name__)
@@ -45,7 +49,12 @@ class OpenAIJudge(Judge):
         self.stand_in = bool(found["stand_in"])
 
     def identity(self) -> dict[str, Any]:
-        return {**super().identity(), "api_key_env": self.api_key_env}
+        return {**super().identity(), "endpoint": endpoint_label(self.endpoint), "api_key_env": self.api_key_env}
+
+    @property
+    def where(self) -> str:
+        """``judge http://host:port/v1 (model M)``: how error messages name this judge (no credentials)."""
+        return f"judge {endpoint_label(self.endpoint)} (model {self.model})"
 
     def _complete(self, messages: Sequence[Message], *, json_mode: bool, max_tokens: int) -> str:
         kwargs: dict[str, Any] = {}
@@ -53,22 +62,41 @@ class OpenAIJudge(Judge):
             kwargs["response_format"] = {"type": "json_object"}
         if self.extra_body:
             kwargs["extra_body"] = self.extra_body
-        try:
-            response = self.client.chat.completions.create(
+        try:  # the raw response keeps the body, which error messages quote when it is no chat completion
+            raw = self.client.chat.completions.with_raw_response.create(
                 model=self.model, messages=to_openai(messages), max_tokens=max_tokens,
                 temperature=self.temperature, **kwargs)
         except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as exc:
-            self.stats.add(failures=1)
-            raise JudgeUnavailable(f"{self.endpoint} ({self.model}): {_describe(exc)}") from None
+            raise JudgeUnavailable(f"{self.where}: {_describe(exc)}") from None
         except openai.APIStatusError as exc:
-            self.stats.add(failures=1)
-            raise JudgeError(f"{self.endpoint} ({self.model}): {_describe(exc)}") from None
+            raise JudgeError(f"{self.where}: {_describe(exc)}") from None
+        body = raw.http_response.text
+        try:
+            response = raw.parse()
+        except (json.JSONDecodeError, openai.APIResponseValidationError):  # HTTP 200, the body is not JSON
+            raise JudgeUnavailable(f"{self.where}: answer is not JSON: {_preview(body)}") from None
+        return self._answer_text(response, body)
+
+    def _answer_text(self, response: Any, body: str) -> str:
+        """The text of a chat completion; :class:`JudgeUnavailable` naming the endpoint when it is not one
+        (the client returns a body that is not JSON as a plain string, and does not validate JSON)."""
+        if isinstance(response, (str, bytes)):
+            raise JudgeUnavailable(f"{self.where}: answer is not JSON: {_preview(body)}")
+        choices = getattr(response, "choices", None)
+        if not isinstance(choices, list):
+            raise JudgeUnavailable(f"{self.where}: answer is not a chat completion (no 'choices' list): "
+                                   f"{_preview(body)}")
         self._check_served_by(response)
-        if not response.choices:
-            raise JudgeError(f"{self.endpoint} ({self.model}): the response has no choices")
-        message = response.choices[0].message
+        if not choices:
+            raise JudgeError(f"{self.where}: the response has no choices")
+        message = getattr(choices[0], "message", None)
         # some reasoning servers leave content empty and answer in reasoning_content (as the official client reads)
-        return message.content or getattr(message, "reasoning_content", None) or ""
+        text = (getattr(message, "content", None) or getattr(message, "reasoning_content", None) or ""
+                if message is not None and not isinstance(message, (str, int, float, list, dict)) else None)
+        if not isinstance(text, str):
+            raise JudgeUnavailable(f"{self.where}: answer is not a chat completion (choices[0].message has no "
+                                   f"text content): {_preview(body)}")
+        return text
 
     def _check_served_by(self, response: Any) -> None:
         """Catch a stand-in behind the endpoint that the probe did not see (it was down, or restarted)."""
@@ -81,6 +109,12 @@ class OpenAIJudge(Judge):
 
     def close(self) -> None:
         self.client.close()
+
+
+def _preview(body: str, limit: int = 80) -> str:
+    """The first ``limit`` characters of what an endpoint sent, quoted, on one line."""
+    text = " ".join(str(body).split())
+    return repr(text[:limit] + ("..." if len(text) > limit else ""))
 
 
 def _describe(exc: Exception) -> str:

@@ -29,13 +29,20 @@ Responder = Callable[[dict[str, Any]], str]
 
 
 class HTTPReply(Exception):
-    """Raised by a responder to send an HTTP error (``status``, optional ``headers``)."""
+    """Raised by a responder to send an HTTP error (``status``, optional ``headers``).
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    ``raw`` sends ``message`` verbatim as the body (with ``content_type``) instead of an error object:
+    the tests use it to play a broken endpoint (e.g. HTTP 200 with a body that is not JSON).
+    """
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, *, raw: bool = False,
+                 content_type: str = "application/json") -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
+        self.raw = raw
+        self.content_type = content_type
 
 
 class ChatCompletionsServer:
@@ -108,7 +115,10 @@ class ChatCompletionsServer:
                         raise ValueError("the request body must be a JSON object")
                     text = server.responder(body)
                 except HTTPReply as reply:
-                    self._send(reply.status, _error(reply.message), reply.headers)
+                    if reply.raw:
+                        self._send_bytes(reply.status, reply.message.encode(), reply.content_type, reply.headers)
+                    else:
+                        self._send(reply.status, _error(reply.message), reply.headers)
                     return
                 except (ValueError, KeyError) as exc:
                     self._send(400, _error(str(exc)))
@@ -127,9 +137,12 @@ class ChatCompletionsServer:
                 })
 
             def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-                data = json.dumps(payload).encode()
+                self._send_bytes(status, json.dumps(payload).encode(), "application/json", headers)
+
+            def _send_bytes(self, status: int, data: bytes, content_type: str,
+                            headers: dict[str, str] | None = None) -> None:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 for key, value in (headers or {}).items():
                     self.send_header(key, value)

@@ -43,12 +43,19 @@ def from_openai(messages: Any) -> list[Message]:
         for j, part in enumerate(content):
             kind = part.get("type") if isinstance(part, dict) else None
             if kind == "text":
-                parts.append(str(part.get("text", "")))
+                if not isinstance(part.get("text"), str):
+                    raise ValueError(f"messages[{i}].content[{j}].text must be a string")
+                parts.append(part["text"])
             elif kind == "image_url":
-                url = (part.get("image_url") or {}).get("url", "")
-                if not url.startswith("data:image/") or ";base64," not in url:
+                image_url = part.get("image_url")
+                url = image_url.get("url") if isinstance(image_url, dict) else None
+                if not isinstance(url, str) or not url.startswith("data:image/") or ";base64," not in url:
                     raise ValueError(f"messages[{i}].content[{j}]: only inline base64 data: URLs are accepted")
-                parts.append(ImagePart(base64.b64decode(url.split(";base64,", 1)[1])))
+                try:
+                    data = base64.b64decode(url.split(";base64,", 1)[1], validate=True)
+                except ValueError:  # binascii.Error
+                    raise ValueError(f"messages[{i}].content[{j}]: the data: URL is not valid base64") from None
+                parts.append(ImagePart(data))
             else:
                 raise ValueError(f"messages[{i}].content[{j}]: unknown part type {kind!r}")
         parsed.append(Message(m["role"], tuple(parts)))

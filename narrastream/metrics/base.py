@@ -23,6 +23,27 @@ if TYPE_CHECKING:  # keep this module importable without torch
 Status = Literal["ok", "fallback", "failed", "skipped"]
 STATUSES: tuple[str, ...] = ("ok", "fallback", "failed", "skipped")
 
+#: ``details["fallback_cause"]`` of a result that fell back because something FAILED (a judge request,
+#: a live annotation question), not by a rule of the protocol. Such a record heals: the next run computes
+#: it again, as it does a ``failed`` one. Rule fallbacks (uniform weights without annotations, one frame
+#: per segment, ...) carry no cause and stay done: computing them again gives the same result.
+FALLBACK_CAUSE = "fallback_cause"
+JUDGE_FAILED = "judge_failed"
+ANNOTATIONS_FAILED = "annotations_failed"
+RETRIED_CAUSES: frozenset[str] = frozenset({JUDGE_FAILED, ANNOTATIONS_FAILED})
+
+
+def needs_retry(status: str, details: Mapping[str, Any] | None) -> bool:
+    """Whether a stored result must be computed again by the next run: it failed, or it fell back
+    because something failed (``details["fallback_cause"]`` in :data:`RETRIED_CAUSES`).
+
+    >>> needs_retry("fallback", {"fallback_cause": "judge_failed"}), needs_retry("fallback", {})
+    (True, False)
+    """
+    if status == "failed":
+        return True
+    return status == "fallback" and isinstance(details, Mapping) and details.get(FALLBACK_CAUSE) in RETRIED_CAUSES
+
 
 @dataclass
 class MetricResult:
@@ -30,7 +51,8 @@ class MetricResult:
 
     ``score`` is in the metric's range (0..1) or None; ``status`` is ``fallback`` when any part of
     the computation used a fallback (listed in ``fallbacks``), ``failed`` when no score could be
-    computed (``reason`` says why). ``items`` are the per-segment or per-transition values.
+    computed (``reason`` says why). ``items`` are the per-segment or per-transition values. A fallback
+    caused by a failure says so in ``details["fallback_cause"]`` (see :func:`needs_retry`).
     """
 
     score: float | None
@@ -51,6 +73,10 @@ class MetricResult:
     @classmethod
     def failed(cls, reason: str, **details: Any) -> "MetricResult":
         return cls(score=None, status="failed", reason=reason, details=details)
+
+    @property
+    def needs_retry(self) -> bool:
+        return needs_retry(self.status, self.details)
 
 
 @dataclass

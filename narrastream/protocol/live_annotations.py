@@ -3,7 +3,8 @@
 Per script: segment weights and per-segment entities from the planner, continuity flags and entity
 groups from the MLLM (text only). The answers depend on the prompts only, so the judge cache shares
 them between every model evaluated. A question that fails leaves its field empty (the metrics that
-need it then record a fallback or fail) and is reported; it is asked again on the next run.
+need it then record a fallback or fail) and is reported; it is asked again on the next run, and the
+fallbacks it caused are marked (``details.fallback_cause = "annotations_failed"``) and computed again.
 """
 
 from __future__ import annotations
@@ -65,6 +66,29 @@ def annotate_scripts(judges: JudgeSet, scripts: Iterable[Any], workers: int = 4,
     models = judges.models()
     source = f"live:{models['planner']}|{models['vlm']}"
     return NarrativeAnnotations(scripts=results, source=source), failures
+
+
+#: the question of :func:`annotate_script` (its error prefix) -> how a metric's fallback names the missing field
+_FALLBACK_OF_QUESTION = {
+    "segment weights": ("segment_weights:",),
+    "continuity": ("continuity:",),
+    "entity groups": ("entity_groups:",),
+    "entities of segment": ("no segment entities", "segment entities for"),
+}
+
+
+def caused_by_failed_questions(errors: Iterable[str], fallbacks: Iterable[str]) -> bool:
+    """Whether one of ``fallbacks`` (a metric result's) stands in for a live annotation whose question
+    failed (``errors`` as :func:`annotate_script` lists them): such a fallback heals on the next run.
+
+    >>> caused_by_failed_questions(["segment weights: HTTP 503"], ["segment_weights: uniform (no narrative annotations)"])
+    True
+    >>> caused_by_failed_questions(["continuity: HTTP 503"], ["segment 2: 1 sampled frame, local score 1.0 by convention"])
+    False
+    """
+    prefixes = tuple(p for error in errors for question, ps in _FALLBACK_OF_QUESTION.items()
+                     if error.startswith(question) for p in ps)
+    return bool(prefixes) and any(f.startswith(prefixes) for f in fallbacks)
 
 
 def to_jsonl_line(ann: ScriptAnnotations) -> str:

@@ -13,7 +13,7 @@ import json
 import math
 from typing import Any, Sequence
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from narrastream.judges.base import ImagePart, Judge, Message
 from narrastream.protocol.annotations import MAX_ATTRIBUTES_PER_ENTITY, MAX_ENTITIES_PER_SEGMENT, Entity
@@ -112,7 +112,10 @@ class SegmentEntitiesAnswer(BaseModel):
     @field_validator("entities", mode="before")
     @classmethod
     def _normalise(cls, value: Any) -> Any:
-        """Whitespace collapsed, case-insensitive duplicates merged, plain strings allowed, capped at 4 x 5."""
+        """Whitespace collapsed, case-insensitive duplicates merged, plain strings allowed, capped at 4 x 5.
+
+        Attributes are strings (a bare string is one attribute); anything else in the list is dropped,
+        never turned into text such as ``"None"``."""
         if not isinstance(value, list):
             raise ValueError("entities must be a list")
         merged: dict[str, dict[str, Any]] = {}
@@ -123,8 +126,12 @@ class SegmentEntitiesAnswer(BaseModel):
                 continue
             name = " ".join(name.split())
             entry = merged.setdefault(name.lower(), {"name": name, "attributes": []})
+            if isinstance(attrs, str):  # one attribute given bare
+                attrs = [attrs]
             for a in attrs if isinstance(attrs, list) else []:
-                a = " ".join(str(a).split())
+                if not isinstance(a, str):  # a number, object or null is no attribute ("None", "{...}")
+                    continue
+                a = " ".join(a.split())
                 if a and a.lower() not in {x.lower() for x in entry["attributes"]}:
                     entry["attributes"].append(a)
         return [{"name": e["name"], "attributes": e["attributes"][:MAX_ATTRIBUTES_PER_ENTITY]}
@@ -140,9 +147,21 @@ def _finite(value: float) -> float:
     return value
 
 
+def _not_boolean(value: Any) -> Any:
+    """``true`` is no score (pydantic would read it as 1.0: a full score from a malformed answer)."""
+    if isinstance(value, bool):
+        raise ValueError("scores must be numbers, not booleans")
+    return value
+
+
 class GroundingItem(BaseModel):
     presence: float
     attribute_match: float
+
+    @field_validator("presence", "attribute_match", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        return _not_boolean(value)
 
     @field_validator("presence", "attribute_match")
     @classmethod
@@ -163,6 +182,19 @@ class VlmScoreAnswer(BaseModel):
     segment_scores: list[float]
     overall_score: float
 
+    @field_validator("segment_scores", mode="before")
+    @classmethod
+    def _numbers(cls, values: Any) -> Any:
+        if isinstance(values, list):
+            for v in values:
+                _not_boolean(v)
+        return values
+
+    @field_validator("overall_score", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        return _not_boolean(value)
+
     @field_validator("segment_scores")
     @classmethod
     def _length(cls, values: list[float], info: ValidationInfo) -> list[float]:
@@ -170,10 +202,10 @@ class VlmScoreAnswer(BaseModel):
             _finite(v)
         return _expect_length(values, info, "segments", "segment scores")
 
-    @model_validator(mode="after")
-    def _overall(self) -> "VlmScoreAnswer":
-        _finite(self.overall_score)
-        return self
+    @field_validator("overall_score")
+    @classmethod
+    def _overall(cls, value: float) -> float:
+        return _finite(value)
 
 
 # ----------------------------------------------------------------------------- prompts

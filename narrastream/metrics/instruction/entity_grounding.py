@@ -10,8 +10,9 @@ sample score is the planner-weighted mean over segments (uniform, recorded, with
 
 Departures from the official evaluator, by decision (docs/protocol.md): a request that fails makes
 the metric ``failed`` instead of scoring 0.5 (``fallback_score: 0.5`` restores that, marked
-``fallback``); a segment without entities in the annotations scores ``empty_entity_score`` (0.5, the
-official value) and is recorded as a fallback; entities missing altogether are a failure.
+``fallback`` with ``details.fallback_cause = "judge_failed"``: the next run asks again); a segment
+without entities in the annotations scores ``empty_entity_score`` (0.5, the official value) and is
+recorded as a fallback (by rule: it stays done); entities missing altogether are a failure.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from narrastream.judges.base import JudgeError
-from narrastream.metrics.base import MetricContext, MetricResult
+from narrastream.metrics.base import FALLBACK_CAUSE, JUDGE_FAILED, MetricContext, MetricResult
 from narrastream.metrics.functional.judged import grounding_segment_score, unit_interval
 from narrastream.metrics.instruction._judged import JudgedMetric, key_frames
 from narrastream.protocol.pooling import resolve_segment_weights, weighted_mean
@@ -53,6 +54,7 @@ class EntityGrounding(JudgedMetric):
 
     def finish(self, prepared: Any, ctx: MetricContext) -> MetricResult:
         n, fallbacks, items, scores = prepared["n"], [], [], []
+        details: dict[str, Any] = {}
         empty_score = float(self.params["empty_entity_score"])
         fallback = self.fallback_score()
         for k in range(n):
@@ -70,6 +72,7 @@ class EntityGrounding(JudgedMetric):
                 scores.append(fallback)
                 items.append({"segment": k, "score": fallback, "error": exc.reason})
                 fallbacks.append(f"segment {k}: judge failed, fallback_score {fallback}")
+                details[FALLBACK_CAUSE] = JUDGE_FAILED  # the next run asks again
                 continue
             presence = [unit_interval(r.presence, self.params["normalize"]) for r in answer.entity_results]
             match = [unit_interval(r.attribute_match, self.params["normalize"]) for r in answer.entity_results]
@@ -87,4 +90,4 @@ class EntityGrounding(JudgedMetric):
                 fallbacks.append(weight_fallback)
         for item, w in zip(items, weights):
             item["weight"] = w
-        return MetricResult(score=weighted_mean(scores, weights), items=items, fallbacks=fallbacks)
+        return MetricResult(score=weighted_mean(scores, weights), items=items, fallbacks=fallbacks, details=details)

@@ -9,7 +9,7 @@ the weight sum is the official rule and matters only when the weights do not add
 Departures from the official evaluator, by decision (docs/protocol.md): a failed request (judge
 unreachable, or no valid answer after the re-asks; there is no "legacy" bare-number parse) makes
 the metric ``failed`` instead of scoring 0.5; ``fallback_score: 0.5`` restores the official
-behaviour, marked ``fallback``.
+behaviour, marked ``fallback`` with ``details.fallback_cause = "judge_failed"``: the next run asks again.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from narrastream.judges.base import JudgeError
-from narrastream.metrics.base import MetricContext, MetricResult
+from narrastream.metrics.base import FALLBACK_CAUSE, JUDGE_FAILED, MetricContext, MetricResult
 from narrastream.metrics.functional.judged import unit_interval, vlm_score
 from narrastream.metrics.instruction._judged import JudgedMetric, key_frames
 from narrastream.protocol.pooling import resolve_segment_weights
@@ -50,7 +50,8 @@ class VlmScore(JudgedMetric):
             fallback = self.fallback_score()
             if fallback is None:
                 return MetricResult.failed(exc.reason)
-            return MetricResult(score=fallback, fallbacks=[f"judge failed ({exc.reason}): fallback_score {fallback}"])
+            return MetricResult(score=fallback, fallbacks=[f"judge failed ({exc.reason}): fallback_score {fallback}"],
+                                details={FALLBACK_CAUSE: JUDGE_FAILED})
         segments = [unit_interval(v, "percent") for v in answer.segment_scores]
         overall = unit_interval(answer.overall_score, "percent")
         weights, weight_fallback = resolve_segment_weights(ctx.segment_weights, len(prompts))
