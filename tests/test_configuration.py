@@ -196,3 +196,14 @@ def test_resolved_precision_separates_configurations_and_cache_keys(tmp_path):
     script = auto.benchmark.scripts[0]
     metric = auto.metrics()["background_consistency"]
     assert auto.cache_key(metric, None, script) != half.cache_key(metric, None, script)
+
+
+def test_manifest_judge_endpoint_never_carries_credentials(tmp_path):
+    """A key written into judge.base_url must not reach manifest.json (the identity shows the endpoint only)."""
+    from narrastream.harness.session import Session
+
+    session = Session.from_overrides(["preset=tiny", "data.limit=1", f"run.dir={tmp_path / 'run'}", "judge=vllm",
+                                      "judge.base_url='http://user:sk-SECRET-1@127.0.0.1:9/v1?key=sk-SECRET-2'"])
+    session.write_run_files()
+    manifest = (tmp_path / "run" / "manifest.json").read_text()
+    assert "sk-SECRET" not in manifest and "http://127.0.0.1:9/v1" in manifest

@@ -69,7 +69,7 @@ def test_two_backbone_seeds_in_one_folder_are_two_rows(two_seeds):
     assert all(cid in md for cid in rows["config_id"]) and "synthetic has 2 configurations" in md
     manifest = json.loads((two_seeds / "manifest.json").read_text())
     annotations = manifest["annotations"]
-    assert annotations["version"] == "narrastream-324.v1" and len(annotations["sha256"]) == 64
+    assert annotations["version"] == "narrastream-324.v2" and len(annotations["sha256"]) == 64
     for rec in records(two_seeds):  # every record names what produced it
         assert rec.config_id and rec.configuration["annotations"] == {"mode": "frozen", **{
             k: annotations[k] for k in ("version", "sha256")}}

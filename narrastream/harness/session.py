@@ -259,8 +259,13 @@ class Session:
     def judge_identity(self) -> dict[str, Any]:
         """The judge config as records and manifests show it: models, endpoint, the key's variable name."""
         cfg = self.cfg.get("judge") or {}
+        from narrastream.judges.identity import endpoint_label
+
         keys = ("backend", "base_url", "model", "planner_model", "api_key_env")
-        return {k: cfg.get(k) for k in keys if k in cfg} or {"backend": "none"}
+        shown = {k: cfg.get(k) for k in keys if k in cfg} or {"backend": "none"}
+        if shown.get("base_url"):  # a key written into the URL never reaches the manifest
+            shown["base_url"] = endpoint_label(str(shown["base_url"]))
+        return shown
 
     def judge_record_identity(self) -> dict[str, Any] | None:
         """Who answers, as the endpoint reports it (probed once; no model is loaded), or None for judge=none:
