@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import nullcontext
 
 import hydra
 from omegaconf import DictConfig
@@ -29,21 +30,23 @@ def execute(cfg: dict) -> int:
         raise ValueError(f"stage must be one of {', '.join(STAGES)} or all; got {stage!r}")
     stages = STAGES if stage == "all" else (stage,)
     session = Session(cfg)
-    session.write_run_files()
-    log.info("run %s: model %s, %d item(s) in %s, scripts sha256 %s", session.run.root, session.model,
-             len(session.items), session.shard, session.benchmark.sha256[:12])
+    writes = "generate" in stages or "evaluate" in stages
     failed = 0
-    # 1. generate  2. evaluate  3. leaderboard
-    if "generate" in stages:
-        summary = session.generate()
-        log.info("%s", summary)
-        failed += summary.failed
-    if "evaluate" in stages:
-        summary = session.evaluate()
-        log.info("%s", summary)
-        failed += summary.failed
-        for line in summary.failures[:20]:
-            log.warning("failed: %s", line)
+    with session.shard_lock() if writes else nullcontext():  # one process per run folder and shard
+        session.write_run_files()
+        log.info("run %s: model %s, %d item(s) in %s, scripts sha256 %s", session.run.root, session.model,
+                 len(session.items), session.shard, session.benchmark.sha256[:12])
+        # 1. generate  2. evaluate  3. leaderboard
+        if "generate" in stages:
+            summary = session.generate()
+            log.info("%s", summary)
+            failed += summary.failed
+        if "evaluate" in stages:
+            summary = session.evaluate()
+            log.info("%s", summary)
+            failed += summary.failed
+            for line in summary.failures[:20]:
+                log.warning("failed: %s", line)
     if "leaderboard" in stages:
         log.info("leaderboard: %s", session.leaderboard())
     return EXIT_ITEMS_FAILED if failed else 0
@@ -60,10 +63,12 @@ def input_errors() -> tuple[type[BaseException], ...]:
     from narrastream.metrics.backbones import ChecksumError, WeightsNotFoundError
     from narrastream.protocol.annotations import AnnotationsError
     from narrastream.registry import RegistryError
+    from narrastream.results.lock import ShardLockError
     from narrastream.results.rundir import RunDirError
 
     return (ScriptFileError, DataSourceError, PrecomputedVideosError, WeightsNotFoundError, ChecksumError,
-            RegistryError, RunDirError, MissingMandatoryValue, AnnotationsError, JudgeConfigError, AdapterConfigError)
+            RegistryError, RunDirError, MissingMandatoryValue, AnnotationsError, JudgeConfigError, AdapterConfigError,
+            ShardLockError)
 
 
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")

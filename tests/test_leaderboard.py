@@ -47,7 +47,8 @@ def _record(model: str, sid: int, metric: str, score, status: str = "ok", config
             cache_key: str | None = None, created: float = 1.0) -> Record:
     return Record(run_id="r", model=model, script_id=sid, seed=0, metric=metric, score=score, status=status,
                   protocol="narrastream-1.0", metric_version="v", cache_key=cache_key or f"k-{metric}-{sid}",
-                  configuration=configuration, config_id=config_id(configuration), created=created)
+                  configuration=configuration, config_id=config_id(configuration), created=created,
+                  reason="it failed" if status == "failed" else None)
 
 
 def _variant(**changes) -> dict:

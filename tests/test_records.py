@@ -8,7 +8,8 @@ from narrastream.results.records import Record, RecordStore, latest_by_key
 def _rec(metric: str = "subject_consistency", score: float | None = 0.5, status: str = "ok",
          created: float = 1.0, script_id: int = 0) -> Record:
     return Record(run_id="r", model="m", script_id=script_id, seed=0, metric=metric, score=score, status=status,
-                  protocol="narrastream-1.0", metric_version="v", cache_key="k", created=created)
+                  protocol="narrastream-1.0", metric_version="v", cache_key="k", created=created,
+                  reason="it failed" if status == "failed" else None)
 
 
 def test_append_and_read_back(tmp_path):
