@@ -109,6 +109,7 @@ class ShardLock:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(20):
+            existed = self.path.exists()
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -119,6 +120,8 @@ class ShardLock:
                 os.close(fd)
                 if exc.errno in _NO_FLOCK:
                     log.debug("%s: flock not supported (%s); using an exclusive file", self.path, exc)
+                    if not existed:  # the empty file this attempt created is not a lock
+                        self.path.unlink(missing_ok=True)
                     self._acquire_exclusive_file()
                     return
                 raise
