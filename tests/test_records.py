@@ -90,6 +90,8 @@ BAD_LINES = {
     "missing key field": json.dumps({k: v for k, v in json.loads(_line()).items() if k != "metric"}),
     "config_id not the configuration's": _line(configuration={"a": 1}, config_id="00000000"),
     "negative elapsed": _line(elapsed_s=-1.0),
+    "reused_from not a config_id": _line(reused_from="abcd1234\n"),
+    "video_sha256 not a sha256": _line(video_sha256="abc"),
     "not JSON": "{oops",
 }
 

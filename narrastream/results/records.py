@@ -42,8 +42,8 @@ Score = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 Seconds = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 #: at most this many invalid lines of one file are named one by one in the log (then a count)
 WARN_LINES_PER_FILE = 10
-_CONFIG_ID = re.compile(r"^[0-9a-f]{8}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_CONFIG_ID = re.compile(r"[0-9a-f]{8}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class InvalidRecordError(ValueError):
@@ -117,14 +117,14 @@ class Record:
     @field_validator("config_id", "reused_from")
     @classmethod
     def _config_id_form(cls, value: str | None) -> str | None:
-        if value is not None and not _CONFIG_ID.match(value):
+        if value is not None and not _CONFIG_ID.fullmatch(value):
             raise ValueError(f"must be 8 lowercase hex digits, got {value!r}")
         return value
 
     @field_validator("video_sha256")
     @classmethod
     def _sha256_form(cls, value: str | None) -> str | None:
-        if value is not None and not _SHA256.match(value):
+        if value is not None and not _SHA256.fullmatch(value):
             raise ValueError(f"must be 64 lowercase hex digits, got {_short(value)}")
         return value
 
