@@ -52,6 +52,8 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     write_leaderboard(table, args.out, markdown_path=markdown,
                       dimensions=load_protocol(Path(args.run_dirs[0]))["dimensions"])
     print(Path(markdown).read_text())
+    for path, count in table.attrs.get("invalid_records", {}).items():
+        print(f"skipped {count} invalid record line(s) in {path} (see the warnings above; they do not count)")
     print(f"wrote {args.out} and {markdown}")
     return 0
 

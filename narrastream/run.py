@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import nullcontext
 from typing import Any, Sequence
 
 import hydra
@@ -34,23 +35,25 @@ def execute(cfg: dict) -> int:
     session = Session(cfg)  # the script selection (data.ids within the file) is checked here
     if "evaluate" in stages:
         check_evaluation_setup(session)
-    forget_weights()  # the manifest records what this run loads, not an earlier run of the same process
-    session.write_run_files()
-    log.info("run %s: model %s, %d item(s) in %s, scripts sha256 %s", session.run.root, session.model,
-             len(session.items), session.shard, session.benchmark.sha256[:12])
+    writes = "generate" in stages or "evaluate" in stages
     failed = 0
-    # 1. generate  2. evaluate  3. leaderboard
-    if "generate" in stages:
-        summary = session.generate()
-        log.info("%s", summary)
-        failed += summary.failed
-    if "evaluate" in stages:
-        summary = session.evaluate()
-        log.info("%s", summary)
-        failed += summary.failed
-        for line in summary.failures[:20]:
-            log.warning("failed: %s", line)
-    record_weights(session.run)
+    with session.shard_lock() if writes else nullcontext():  # one process per run folder and shard
+        forget_weights()  # the manifest records what this run loads, not an earlier run of the same process
+        session.write_run_files()
+        log.info("run %s: model %s, %d item(s) in %s, scripts sha256 %s", session.run.root, session.model,
+                 len(session.items), session.shard, session.benchmark.sha256[:12])
+        # 1. generate  2. evaluate  3. leaderboard
+        if "generate" in stages:
+            summary = session.generate()
+            log.info("%s", summary)
+            failed += summary.failed
+        if "evaluate" in stages:
+            summary = session.evaluate()
+            log.info("%s", summary)
+            failed += summary.failed
+            for line in summary.failures[:20]:
+                log.warning("failed: %s", line)
+        record_weights(session.run)
     if "leaderboard" in stages:
         csv_path = session.leaderboard()
         print(session.run.leaderboard_path("md").read_text())  # results on stdout, labels included
@@ -141,11 +144,12 @@ def input_errors() -> tuple[type[BaseException], ...]:
     from narrastream.metrics.backbones import ChecksumError, WeightsNotFoundError
     from narrastream.protocol.annotations import AnnotationsError
     from narrastream.registry import RegistryError
+    from narrastream.results.lock import ShardLockError
     from narrastream.results.rundir import RunDirError
 
     return (ConfigError, ScriptFileError, DataSourceError, PrecomputedVideosError, WeightsNotFoundError,
             ChecksumError, RegistryError, RunDirError, OmegaConfBaseException, AnnotationsError, JudgeConfigError,
-            AdapterConfigError)
+            AdapterConfigError, ShardLockError)
 
 
 #: Hydra's own modes (help, multirun, printing the config, another config): Hydra reports those itself

@@ -47,7 +47,8 @@ def _record(model: str, sid: int, metric: str, score, status: str = "ok", config
             cache_key: str | None = None, created: float = 1.0) -> Record:
     return Record(run_id="r", model=model, script_id=sid, seed=0, metric=metric, score=score, status=status,
                   protocol="narrastream-1.0", metric_version="v", cache_key=cache_key or f"k-{metric}-{sid}",
-                  configuration=configuration, config_id=config_id(configuration), created=created)
+                  configuration=configuration, config_id=config_id(configuration), created=created,
+                  reason="it failed" if status == "failed" else None)
 
 
 def _variant(**changes) -> dict:
@@ -239,3 +240,35 @@ def test_leaderboard_command_merges_run_folders(tmp_path, capsys):
     assert board["rank"].tolist() == list(range(1, 9)) and (tmp_path / "board.md").is_file()
     assert cli_main(["leaderboard", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert "no records/ folder" in capsys.readouterr().err
+
+
+def test_invalid_records_lines_are_skipped_counted_and_never_shown(tmp_path, capsys, caplog):
+    """`null`, `[1,2,3]`, `"created": "yesterday"`, `"script_id": "abc"` used to crash the leaderboard (exit 1,
+    traceback), and `"score": 7.5` used to be shown as 750.00."""
+    import json
+
+    from narrastream.cli import main as cli_main
+
+    store = RecordStore(tmp_path / "run" / "records", "shard-000-of-001")
+    _complete_run(store, "m", REAL, score=0.5)
+    lines = store.path.read_text().splitlines()
+    vtss = next(i for i, line in enumerate(lines) if json.loads(line)["metric"] == "vtss")
+    lines[vtss] = lines[vtss].replace('"score": 0.5', '"score": 7.5')
+    lines += ["null", "[1, 2, 3]", lines[0].replace('"created": 1.0', '"created": "yesterday"'),
+              lines[1].replace('"script_id": 0', '"script_id": "abc"')]
+    store.path.write_text("\n".join(lines) + "\n")
+    other = RecordStore(tmp_path / "run" / "records", "shard-001-of-002")
+    other.path.parent.mkdir(exist_ok=True)
+    other.path.write_text("null\n")
+    out = tmp_path / "board.csv"
+    assert cli_main(["leaderboard", str(tmp_path / "run"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"skipped 5 invalid record line(s) in {store.path}" in printed
+    assert f"skipped 1 invalid record line(s) in {other.path}" in printed
+    assert f"{store.path}:{vtss + 1}: invalid record skipped (score: Input should be less than or equal to 1" in caplog.text
+    row = pd.read_csv(out).iloc[0]
+    assert row["vtss"] == 50.0 and row["vtss_valid"] == 1  # script 1's record; script 0's (7.5) is not counted
+    scores = pd.read_csv(out)[METRICS].to_numpy()
+    assert ((scores >= 0) & (scores <= 100)).all()
+    table = build_leaderboard([tmp_path / "run"])
+    assert table.attrs["invalid_records"] == {str(other.path): 1, str(store.path): 5}

@@ -13,15 +13,17 @@ checkpoint recomputes what used it. Computing them loads no model.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import time
 from collections import deque
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import yaml
 from tqdm.auto import tqdm
@@ -57,6 +59,7 @@ from narrastream.protocol.annotations import (  # noqa: F401 - re-exported for o
 from narrastream.hashing import sha256_file
 from narrastream.preflight import environment_oserror
 from narrastream.results.configuration import config_id
+from narrastream.results.lock import ShardLock
 from narrastream.results.records import Record, RecordStore, latest_by_config, record_key
 from narrastream.results.rundir import RunDir, environment_info
 
@@ -79,6 +82,8 @@ class StageSummary:
     #: of ``done``: fallbacks written because the judge failed (a request, or a live annotation question);
     #: the next run computes them again (:func:`narrastream.metrics.base.needs_retry`)
     judge_fallbacks: int = 0
+    #: records lines skipped because they are not valid records, per file (they do not count as done)
+    invalid_records: dict[str, int] = field(default_factory=dict)
 
     def fail(self, message: str) -> None:
         self.failed += 1
@@ -93,7 +98,21 @@ class StageSummary:
                      "(the next run computes them again)")
         if self.judge_stats:
             text += "; judge: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in self.judge_stats.items())
+        if self.invalid_records:
+            text += (f"; {sum(self.invalid_records.values())} invalid record line(s) skipped, not counted as done ("
+                     + ", ".join(f"{path}: {n}" for path, n in self.invalid_records.items()) + ")")
         return text
+
+
+def _locked(method):
+    """Run a stage while holding the shard's lock (:meth:`Session.shard_lock`)."""
+
+    @functools.wraps(method)
+    def wrapper(self: "Session", *args: Any, **kwargs: Any) -> Any:
+        with self.shard_lock():
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class Session:
@@ -133,6 +152,7 @@ class Session:
             self.annotations = load_annotations(cfg.get("annotations") or {}, self.annotation_mode)
             self._live_done = True
         self.annotation_failures: dict[int, list[str]] = {}
+        self._lock: ShardLock | None = None
 
     @classmethod
     def from_overrides(cls, overrides: list[str] | None = None) -> "Session":
@@ -140,6 +160,21 @@ class Session:
         from narrastream.config import compose_config
 
         return cls(compose_config(overrides or []))
+
+    @contextmanager
+    def shard_lock(self) -> Iterator[ShardLock]:
+        """Hold ``locks/<shard>.lock`` of the run folder (re-entrant within this session): a second process
+        on the same folder and shard gets :class:`~narrastream.results.lock.ShardLockError` (exit 2)."""
+        if self._lock is not None:
+            yield self._lock
+            return
+        lock = ShardLock(self.run.lock_path(self.shard), self.shard)
+        with lock:
+            self._lock = lock
+            try:
+                yield lock
+            finally:
+                self._lock = None
 
     # ------------------------------------------------------------------ run files
     def write_run_files(self) -> None:
@@ -160,6 +195,7 @@ class Session:
         tmp.replace(self.run.config_path)
 
     # ------------------------------------------------------------------ generate
+    @_locked
     def generate(self) -> StageSummary:
         summary = StageSummary("generate")
         model_cfg = self.cfg["model"]
@@ -366,6 +402,7 @@ class Session:
             raise KeyError(f"protocol.run_metrics names {unknown}, which have no entry in protocol.metrics")
         return {name: build_metric(name, specs[name]) for name in names}
 
+    @_locked
     def evaluate(self) -> StageSummary:
         """Score every pending (video, metric); a metric is done when this configuration has a record with
         the same cache key that did not fail, nor fall back because something failed. A record of another
@@ -375,6 +412,7 @@ class Session:
         metrics = self.metrics()
         store = RecordStore(self.run.records_dir, self.shard)
         mine = [r for r in store.iter_all() if r.model == self.model]
+        summary.invalid_records = store.invalid_counts()
         latest = latest_by_config(mine)
         reusable: dict[tuple, Record] = {}
         for rec in mine:
@@ -528,6 +566,8 @@ class Session:
         from narrastream.report import build_leaderboard, write_leaderboard
 
         table = build_leaderboard([self.run.root], with_reference=bool(self.cfg["report"]["with_reference"]))
+        for path, count in table.attrs.get("invalid_records", {}).items():
+            log.warning("leaderboard: %d invalid record line(s) of %s skipped", count, path)
         csv_path = self.run.leaderboard_path("csv")
         write_leaderboard(table, csv_path, markdown_path=self.run.leaderboard_path("md"),
                           dimensions=self.protocol["dimensions"])

@@ -70,6 +70,8 @@ def build_leaderboard(run_dirs: Sequence[Path | str], *, with_reference: bool = 
     Columns: ``model``, ``config_id``, ``source`` (run / published), ``label`` (why a row is not
     ranked; empty for ranked rows), ``rank`` (ranked rows only), the metric, dimension and overall
     scores (x100), ``missing_metrics``, ``config_note`` and the coverage counts per metric.
+    ``table.attrs["invalid_records"]`` counts, per records file, the lines skipped because they are
+    not valid records (each also logged as a warning naming the file and line).
     """
     dirs = [Path(d) for d in run_dirs]
     for d in dirs:
@@ -80,9 +82,11 @@ def build_leaderboard(run_dirs: Sequence[Path | str], *, with_reference: bool = 
     for d, p in zip(dirs[1:], protocols[1:]):
         if p["dimensions"] != dims:
             raise ValueError(f"{d}: its protocol's dimensions differ from {dirs[0]}'s; cannot share a leaderboard")
-    records = []
+    records, invalid = [], {}
     for d in dirs:
-        records.extend(RecordStore(RunDir(d).records_dir).iter_all())
+        store = RecordStore(RunDir(d).records_dir)
+        records.extend(store.iter_all())
+        invalid.update(store.invalid_counts())
     latest = list(latest_by_config(records).values())
     table = aggregate(latest, dims)
     metrics = metric_columns(dims)
@@ -93,6 +97,13 @@ def build_leaderboard(run_dirs: Sequence[Path | str], *, with_reference: bool = 
         table.insert(2, "source", "run")
     if with_reference:
         table = pd.concat([table, load_reference(dims)], ignore_index=True)
+    table = _rank_rows(table, score_columns)
+    table.attrs["invalid_records"] = invalid
+    return table
+
+
+def _rank_rows(table: pd.DataFrame, score_columns: list[str]) -> pd.DataFrame:
+    """Round the scores and rank the rows (ranked first, by overall; the others by model and config_id)."""
     if table.empty:
         return table
     table[score_columns] = table[score_columns].astype(float).round(2)

@@ -38,6 +38,11 @@ class RunDir:
     def records_dir(self) -> Path:
         return self.root / "records"
 
+    def lock_path(self, shard: str) -> Path:
+        """``locks/<shard>.lock``: held by the process generating or evaluating that shard
+        (:class:`narrastream.results.lock.ShardLock`)."""
+        return self.root / "locks" / f"{shard}.lock"
+
     def videos_dir(self, model: str) -> Path:
         return self.root / "videos" / model
 
