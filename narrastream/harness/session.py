@@ -227,6 +227,8 @@ class Session:
             video = generator.generate(request)
         except Exception as exc:  # noqa: BLE001 - any adapter failure is recorded, then the run goes on
             if (disk := environment_oserror(exc)) is not None:
+                if generator.writes_files:
+                    out.unlink(missing_ok=True)  # a half-written video is not kept (it has no sidecar)
                 raise disk from exc  # a full or read-only disk fails every video alike: stop (exit 2), keep the rest
             details = getattr(exc, "details", {}) if isinstance(exc, GenerationError) else {}
             if not isinstance(exc, GenerationError):
@@ -242,7 +244,12 @@ class Session:
         if Path(video.path).resolve().parent == out.resolve().parent:
             sidecar["path"] = Path(video.path).name  # inside the run: keep the folder relocatable
         sidecar["request"] = request.to_json()
-        write_json_atomic(sidecar_path(out), sidecar)  # written last: marks the video as done
+        try:
+            write_json_atomic(sidecar_path(out), sidecar)  # written last: marks the video as done
+        except OSError:
+            if generator.writes_files:
+                out.unlink(missing_ok=True)  # no sidecar, no video: the next run makes it again
+            raise
         failure_file.unlink(missing_ok=True)
         summary.done += 1
 
