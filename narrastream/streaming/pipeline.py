@@ -318,8 +318,9 @@ class StreamingWanPipeline:
         stored sink and all of them, later frames included; when the stream still fits in the window
         (``start <= local_attn_size``) that is every frame, the sink included. Otherwise the first
         ``sink_size`` frames are queries only (their K/V are neither attended nor written, the sink being
-        protected); they count in SMA's mean query, as in the release. ``per_block``: the local frames are rewound and committed again block
-        by block, each block seeing the blocks before it, as when first generated; the sink is kept.
+        protected); they count in SMA's mean query, as in the release. ``per_block``: the local frames are
+        rewound and committed again block by block, each block seeing the blocks before it, as when first
+        generated; the sink is kept.
         """
         kv = cache.self_attn
         if kv.first_frame is None:
