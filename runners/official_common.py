@@ -113,7 +113,7 @@ class RunnerSpec:
     low_memory_kwarg: bool = False  # their script passes ``low_memory=`` to the entry point
     rolling_window: bool = False  # one call denoises several blocks (Rolling Forcing)
     overrides: tuple[str, ...] = ()  # config dotlist applied before the user's ``--set``
-    notice: str = ""  # appended to set-up errors (e.g. "the code is not published")
+    notice: str = ""  # appended to set-up errors (e.g. which commit holds the code)
 
     @property
     def readme(self) -> str:

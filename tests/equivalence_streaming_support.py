@@ -1,7 +1,8 @@
 """Helpers of the streaming equivalence tests: our DiT loaded from the fixture's seeded weights through the
 checkpoint loader a method's config names, and our pipeline run on the fixture's seeded inputs.
 
-The fixtures come from ``tools/equivalence/make_fixtures.py {wan_forward,self_forcing,longlive,memflow}``
+The fixtures come from ``tools/equivalence/make_fixtures.py`` (``wan_forward``, ``self_forcing``, ``longlive``,
+``memflow``, ``iamflow``, ``deep_forcing``, ``rolling_forcing``)
 (docs/equivalence.md); the shared inputs (tiny configuration, text features, noise sequence) from
 ``tools/equivalence/streaming_inputs.py``, loaded from its file like ``seeded.py``.
 """
@@ -21,6 +22,7 @@ import yaml
 
 from equivalence_support import REPO, Fixture, seeded
 from narrastream.streaming import pipeline as pipeline_module
+from narrastream.streaming import rolling as rolling_module
 from narrastream.streaming import sampler as sampler_module
 from narrastream.streaming.pipeline import StreamingSpec, StreamingWanPipeline
 from narrastream.streaming.wan_model import CausalWanTransformer, WanConfig, load_wan_state_dict
@@ -121,6 +123,37 @@ class RecordingDecoder:
         return torch.zeros(x0.shape[0], 3, x0.shape[2], 8, 8)
 
 
+class RollingDraws:
+    """The noise of Rolling Forcing's schedule, in the order our loop draws it: per window, the newest block's
+    starting noise (``block_noise``) before the forward, then each block not at its last step re-noised
+    (its k-th draw: ``renoise(seed, block, k)``), oldest first. The tool hands their loop the same values
+    (``streaming_fixtures.rolling_randn_like``)."""
+
+    def __init__(self, seed: int, num_blocks: int, steps: int) -> None:
+        self.seed = seed
+        self.order: list[tuple[str, int, int]] = []
+        for w in range(num_blocks + steps - 1):
+            first, last = max(0, w - steps + 1), min(num_blocks - 1, w)
+            if w < num_blocks:
+                self.order.append(("start", w, 0))
+            self.order += [("renoise", b, w - b + 1) for b in range(first, last + 1) if w - b < steps - 1]
+        self.calls = 0
+
+    def next(self, shape: tuple[int, ...]) -> torch.Tensor:
+        kind, block, k = self.order[self.calls]
+        self.calls += 1
+        x = si.block_noise(self.seed, block) if kind == "start" else si.renoise(self.seed, block, k)
+        assert tuple(x.shape) == tuple(shape), f"draw {self.calls} ({kind} of block {block}): shape {tuple(shape)}"
+        return si.to_tensor(x)
+
+    def done(self) -> bool:
+        return self.calls == len(self.order)
+
+
+def rolling_draws(seed: int, num_blocks: int, steps: int) -> RollingDraws:
+    return RollingDraws(seed, num_blocks, steps)
+
+
 @dataclass
 class PipelineRun:
     """What the tests compare from one run of our pipeline."""
@@ -130,6 +163,7 @@ class PipelineRun:
     cache: Any  # the StreamingCache as the video ended
     calls: list[tuple[int, bool, float | None]]  # (start frame, commit, transition_alpha) of every DiT forward
     details: dict[str, Any]  # StreamResult.details (prompt distances, ...)
+    forwards: list[tuple[int, int, bool]]  # (start frame, frames, commit) of every DiT forward
 
     def block_alphas(self) -> list[float | None]:
         """The SPT alpha of each block (its first forward's)."""
@@ -146,12 +180,17 @@ def run_pipeline(fixture: Fixture, model: CausalWanTransformer, params: dict[str
     stream = fixture.config
     contexts, noise = check_inputs(fixture)
     seed = fixture.meta["inputs_seed"]
-    blocks = iter(range(len(noise)))
-    renoise = si.NoiseSequence(seed)
-    monkeypatch.setattr(pipeline_module, "draw_noise", lambda shape, generator, **kw: si.to_tensor(noise[next(blocks)]))
-    monkeypatch.setattr(sampler_module, "draw_noise", lambda shape, generator, **kw: si.to_tensor(renoise.next()))
-    prompts = [f"prompt {i}" for i in range(stream["prompts"])]
     spec = StreamingSpec.from_config(params)
+    if spec.schedule == "rolling_window":
+        draws = rolling_draws(seed, len(noise), len(spec.denoising_steps))
+        monkeypatch.setattr(rolling_module, "draw_noise", lambda shape, generator, **kw: draws.next(shape))
+    else:
+        blocks = iter(range(len(noise)))
+        renoise = si.NoiseSequence(seed)
+        monkeypatch.setattr(pipeline_module, "draw_noise",
+                            lambda shape, generator, **kw: si.to_tensor(noise[next(blocks)]))
+        monkeypatch.setattr(sampler_module, "draw_noise", lambda shape, generator, **kw: si.to_tensor(renoise.next()))
+    prompts = [f"prompt {i}" for i in range(stream["prompts"])]
     pipe = StreamingWanPipeline(model, TextStandIn(prompts, contexts), RecordingDecoder(), spec)
     snapshots: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     original = pipe._recache
@@ -167,16 +206,21 @@ def run_pipeline(fixture: Fixture, model: CausalWanTransformer, params: dict[str
     new_cache = model.new_cache
     monkeypatch.setattr(model, "new_cache", lambda *a, **kw: caches.append(new_cache(*a, **kw)) or caches[-1])
     calls: list[tuple[int, bool, float | None]] = []
+    forwards: list[tuple[int, int, bool]] = []
     forward = model.forward
 
     def recording_forward(*args: Any, **kwargs: Any) -> torch.Tensor:
         calls.append((kwargs["start_frame"], bool(kwargs.get("commit")), kwargs.get("transition_alpha")))
+        forwards.append((kwargs["start_frame"], int(args[0].shape[2]), bool(kwargs.get("commit"))))
         return forward(*args, **kwargs)
 
     monkeypatch.setattr(model, "forward", recording_forward)
     result = pipe.generate(prompts, seed=0, seconds_per_segment=stream["seconds_per_segment"], fps=stream["fps"],
                            height=si.PIXEL_HEIGHT, width=si.PIXEL_WIDTH)
     assert list(result.plan.switches) == stream["switches"] and result.plan.num_latent_frames == stream["frames"]
-    assert renoise.calls == 3 * len(noise) and next(blocks, None) is None, "the noise was not drawn block by block"
+    if spec.schedule == "rolling_window":
+        assert draws.done(), "the rolling schedule did not draw every block's noise"
+    else:
+        assert renoise.calls == 3 * len(noise) and next(blocks, None) is None, "the noise was not drawn block by block"
     latents = torch.cat(pipe.decoder.latents, dim=2).numpy()
-    return PipelineRun(latents, snapshots, caches[0], calls, result.details)
+    return PipelineRun(latents, snapshots, caches[0], calls, result.details, forwards)

@@ -184,6 +184,21 @@ class CausalInferencePipeline(FakePipeline):
         return self.finish(output, return_latents)
 '''
 
+FAKE_DEEP = FAKE_CAUSAL + '''
+
+_build = CausalInferencePipeline.__init__
+
+
+def _init(self, args, device, **kwargs):  # their wrapper reads these model_kwargs (inference.py sets the last 3)
+    _build(self, args, device, **kwargs)
+    kw = args.model_kwargs
+    print("fake deep forcing: sink_size", kw.sink_size, "local_attn_size", kw.local_attn_size, "is_ds_only",
+          kw.is_ds_only, "budget", kw.budget, "recent", kw.recent, flush=True)
+
+
+CausalInferencePipeline.__init__ = _init
+'''
+
 FAKE_ROLLING = '''
 import torch
 from fakewan import FakePipeline
@@ -252,12 +267,16 @@ LAYOUT = {  # name -> (files, generator checkpoint, LoRA, EMA key)
                          "configs/rolling_forcing_dmd.yaml": SINGLE_CFG.replace(
                              "[1000, 750, 500, 250]", "[1000, 800, 600, 400, 200]")},
                         "checkpoints/rolling_forcing_dmd.pt", None, True),
-    "deep_forcing": ({"pipeline/__init__.py": "from .causal_inference import CausalInferencePipeline\n",
-                      "pipeline/causal_inference.py": FAKE_CAUSAL, "demo_utils/__init__.py": "",
+    "deep_forcing": ({"inference.py": "",
+                      "pipeline/__init__.py": "from .causal_inference import CausalInferencePipeline\n",
+                      "pipeline/causal_inference.py": FAKE_DEEP, "demo_utils/__init__.py": "",
                       "demo_utils/memory.py": "from utils.memory import *  # noqa\n",
+                      "wan/modules/causal_model.py": "", "wan/modules/causal_model_DS.py": "",
                       "configs/default_config.yaml": DEFAULT_CFG,
-                      "configs/deep_forcing.yaml": SINGLE_CFG.replace(
-                          "{timestep_shift: 5.0}", "{local_attn_size: 21, sink_size: 10}")},
+                      "configs/self_forcing_dmd/self_forcing_dmd_sink10.yaml": SINGLE_CFG.replace(
+                          "{timestep_shift: 5.0}", "{timestep_shift: 5.0, local_attn_size: 21, sink_size: 10}"),
+                      "configs/self_forcing_dmd/self_forcing_dmd_sink14.yaml": SINGLE_CFG.replace(
+                          "{timestep_shift: 5.0}", "{timestep_shift: 5.0, local_attn_size: 21, sink_size: 14}")},
                      "checkpoints/self_forcing_dmd.pt", None, True),
 }
 WAN_FILES = ("config.json", "diffusion_pytorch_model.safetensors", "models_t5_umt5-xxl-enc-bf16.pth", "Wan2.1_VAE.pth")
@@ -300,8 +319,6 @@ def _request(tmp_path: Path, n: int = 3, seconds: float = 1.25, seed: int = 2) -
 def _gen(name: str, repo: Path | str, **env: str) -> CommandGenerator:
     p = PREFIX[name]
     full = {f"{p}_REPO": str(repo), f"{p}_DEVICE": "cpu", **{f"{p}_{k.upper()}": v for k, v in env.items()}}
-    if name == "deep_forcing" and f"{p}_CONFIG" not in full:
-        full[f"{p}_CONFIG"] = "configs/deep_forcing.yaml"
     runner = RUNNERS / f"{name}_official" / "run.py"
     return CommandGenerator(command=[sys.executable, str(runner), "{request}"], env=full, timeout_s=240)
 
@@ -438,8 +455,12 @@ def test_round_trip_through_the_command_adapter(tmp_path, checkouts, name):
         assert facts["routing_events"] == [6, 12] and video.timings["switch"] == 0
     if name == "self_forcing":
         assert "local_attn_size 12" in log and facts["overrides"] == ["model_kwargs.local_attn_size=12"]
-    if name == "deep_forcing":
-        assert "local_attn_size 21" in log  # their config decides; nothing is overridden
+    if name == "deep_forcing":  # DS_PC_inference.sh: the sink10 config and inference.py's flag defaults
+        assert "sink_size 10 local_attn_size 21 is_ds_only False budget 16 recent 4" in log
+        assert facts["overrides"] == ["model_kwargs.is_ds_only=false", "model_kwargs.budget=16",
+                                      "model_kwargs.recent=4"]
+        assert facts["config"].endswith("configs/self_forcing_dmd/self_forcing_dmd_sink10.yaml")
+        assert facts["pinned_commit"].startswith("ea9961a")
     if name == "rolling_forcing":
         assert facts["window_blocks"] == 5 and facts["mixed_latent_ranges"] == [[0, 6], [0, 12]]
 
@@ -482,16 +503,30 @@ def test_missing_checkout_is_a_clear_setup_error(tmp_path, checkouts):
     assert "is not a KlingTeam/MemFlow checkout" in str(info.value) and "interactive_inference.py" in str(info.value)
 
 
-def test_deep_forcing_says_its_code_is_not_published(tmp_path, checkouts):
-    page = tmp_path / "DeepForcing"  # what the authors' repository holds today: a project page
+def test_deep_forcing_needs_its_release(tmp_path, checkouts):
+    page = tmp_path / "DeepForcing"  # what the authors' repository held before ea9961a: a project page
     page.mkdir()
     (page / "README.md").write_text("Coming Soon!")
     with pytest.raises(GenerationError, match="exited with code 2") as info:
         _gen("deep_forcing", page).generate(_request(tmp_path))
-    assert "have not published Deep Forcing's code" in str(info.value)
+    assert "is not a cvlab-kaist/DeepForcing checkout" in str(info.value) and "ea9961a" in str(info.value)
+    # a plain Self-Forcing checkout has the same layout but not their cache: refused, not run as Deep Forcing
     with pytest.raises(GenerationError, match="exited with code 2") as info:
-        _gen("deep_forcing", checkouts["deep_forcing"], config="none").generate(_request(tmp_path))
-    assert "no config given" in str(info.value) and "DEEP_FORCING_CONFIG" in str(info.value)
+        _gen("deep_forcing", checkouts["self_forcing"]).generate(_request(tmp_path))
+    assert "wan/modules/causal_model_DS.py" in str(info.value)
+    with pytest.raises(GenerationError, match="exited with code 2") as info:
+        _gen("deep_forcing", checkouts["deep_forcing"], config="configs/nope.yaml").generate(_request(tmp_path))
+    assert "config" in str(info.value) and "nope.yaml" in str(info.value)
+
+
+def test_deep_forcing_deep_sink_only(tmp_path, checkouts):
+    """DS_inference.sh: the sink14 config with --is_ds_only 1, through the config and --set."""
+    video = _gen("deep_forcing", checkouts["deep_forcing"],
+                 config="configs/self_forcing_dmd/self_forcing_dmd_sink14.yaml",
+                 set="model_kwargs.is_ds_only=true").generate(_request(tmp_path))
+    assert "sink_size 14 local_attn_size 21 is_ds_only True budget 16 recent 4" in _log(video)
+    assert video.extra["official"]["overrides"][-1] == "model_kwargs.is_ds_only=true"
+    assert video.switch_frames == [21, 45]
 
 
 def test_missing_weights_are_listed_with_their_hub_ids(tmp_path):

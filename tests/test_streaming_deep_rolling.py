@@ -487,5 +487,6 @@ def test_tiny_runs_write_videos_sidecars_and_leaderboard_rows(tmp_path, model, o
         assert sidecar["extra"]["deep_sink"]["overflows"] > 0
     else:
         assert sidecar["extra"]["rolling"]["windows"] == 12 + 4
-    board = (run_dir / "leaderboard.csv").read_text().splitlines()
-    assert board[1].startswith(f"{model},run,")
+    board = [line.split(",") for line in (run_dir / "leaderboard.csv").read_text().splitlines()]
+    row = dict(zip(board[0], board[1]))
+    assert row["model"] == model and row["source"] == "run" and row["config_id"]

@@ -214,6 +214,40 @@ def test_bank_attention_with_and_without_sma(model: CausalWanTransformer) -> Non
 
 
 @torch.no_grad()
+def test_query_only_frames(model: CausalWanTransformer) -> None:
+    """The release's one-forward re-cache runs the sink-protected frames as queries only: without SMA the
+    kept frames' K/V equal a forward of the kept frames alone; with SMA over more chunks than it keeps, the
+    extra queries enter the routing's mean query and can change which chunks are attended."""
+    x, _, ctx = _inputs(4, seed=6)
+    g = torch.Generator().manual_seed(7)
+    mem = torch.randn(2, CFG.num_layers, 1, 4 * TOKENS, CFG.num_heads, CFG.head_dim, generator=g)
+
+    def recache(sma: bool, query_frames: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        cache = model.new_cache(1, H, W, CachePolicy.sink(9, 3, sma=sma))
+        for b in range(3):  # frames 0..8: sink 0..2, window 3..8
+            model(x[:, :, 3 * b:3 * b + 3], 0.0, ctx, start_frame=3 * b, cache=cache, commit=True)
+        bank = model.new_memory_bank(4, 1, H, W)
+        bank.write(mem[0], mem[1])  # 3 sink + 4 bank chunks > top 3
+        cache.self_attn.rewind(6)
+        first = 6 - query_frames
+        model(x[:, :, first:9] * 0.5, 0.0, ctx, start_frame=first, cache=cache, commit=True, bank=bank,
+              query_frames=query_frames)
+        kv = cache.self_attn
+        k, v = kv.export_frames([6, 7, 8])
+        return k, v, kv.stored_frames()
+
+    plain, with_queries = recache(False, 0), recache(False, 3)
+    assert plain[2] == with_queries[2] == list(range(9))
+    torch.testing.assert_close(with_queries[0], plain[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(with_queries[1], plain[1], atol=1e-5, rtol=1e-5)
+    routed, routed_with_queries = recache(True, 0), recache(True, 3)
+    assert not torch.allclose(routed[0], routed_with_queries[0], atol=1e-4)  # the mean query moved
+    cache = model.new_cache(1, H, W, CachePolicy.sink(9, 3))
+    with pytest.raises(ValueError, match="query_frames"):
+        model(x[:, :, :3], 0.0, ctx, start_frame=0, cache=cache, query_frames=3)
+
+
+@torch.no_grad()
 def test_cross_attention_blend(model: CausalWanTransformer) -> None:
     x, _, ctx_old = _inputs(1, seed=6)
     ctx_new = torch.randn_like(ctx_old)

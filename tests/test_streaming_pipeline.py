@@ -84,7 +84,11 @@ def test_narrative_memory_keeps_the_most_text_relevant_frames():
     assert text_relevance(text, frames).tolist() == pytest.approx([1.0, -2.0, 4.0])
 
 
-def test_narrative_memory_fills_the_bank(parts):
+@pytest.mark.parametrize("compress, lengths", [
+    ("per_frame", [1, 1, 2, 2, 2, 2]),  # written when recorded, capped at 2 frames
+    ("every_forward", [0, 1, 1, 2, 2, 2]),  # the release: staged, written before the next block's first forward
+])
+def test_narrative_memory_fills_the_bank(parts, compress, lengths):
     seen = []
 
     class Spy(NarrativeMemory):
@@ -95,12 +99,52 @@ def test_narrative_memory_fills_the_bank(parts):
     import narrastream.streaming.pipeline as pipeline_module
 
     original = pipeline_module.build_memory
-    pipeline_module.build_memory = lambda policy, **kw: Spy(bank_size=2, record_interval=2)
+    pipeline_module.build_memory = lambda policy, **kw: Spy(bank_size=2, record_interval=2, compress=compress)
     try:
-        run(parts, spec(transition="kv_recache", memory="narrative", bank_size=2, record_interval=2))
+        result = run(parts, spec(transition="kv_recache", memory="narrative", bank_size=2, record_interval=2,
+                                 memory_compress=compress))
     finally:
         pipeline_module.build_memory = original
-    assert seen == [1, 1, 2, 2, 2, 2]  # a candidate every 2 blocks, capped at 2 frames
+    assert seen == lengths  # a candidate every 2 blocks (blocks 0, 2, 4)
+    # per_frame compresses once, when the 3rd frame is recorded; every_forward before block 5's first forward
+    assert result.details["memory"] == {"compress": compress, "recorded_frames": 3, "compressions": 1}
+
+
+def test_release_bank_compression_repeats_the_latest_frame_and_scores_zero_keys_after_a_switch():
+    """every_forward: once over budget, each refresh keeps the top (bank - 1) frames in topk order and appends
+    the latest recorded frame again; with no text keys (after a switch) every score is 0."""
+    from types import SimpleNamespace
+
+    from narrastream.streaming.kv_cache import CrossAttentionCache
+
+    frame = {f: torch.full((1, 1, 2, 1, 4), float(f)) for f in range(4)}  # [L, B, N, H, D], value = frame id
+
+    class Committed:
+        def export_frames(self, frames):
+            return frame[frames[0]], -frame[frames[0]]
+
+    class Bank:
+        def write(self, k, v):
+            self.ids = [int(x) for x in k[0, 0, ::2, 0, 0].tolist()]
+
+    cross = CrossAttentionCache()
+    cross.set(torch.zeros(1), [torch.ones(1, 3, 1, 4)], [torch.ones(1, 3, 1, 4)])  # favours larger frame ids
+    state = SimpleNamespace(cache=SimpleNamespace(self_attn=Committed(), cross_attn=cross), bank=Bank())
+    memory = NarrativeMemory(bank_size=3, record_interval=1, compress="every_forward")
+    for block in range(3):
+        memory.after_commit(block, block, 1, state)
+        memory.refresh_bank(state)
+        memory.refresh_bank(state)  # a later block: the same slot again
+    assert state.bank.ids == [0, 1, 2] and memory.compressions == 0
+    memory.after_commit(3, 3, 1, state)
+    memory.refresh_bank(state)
+    assert state.bank.ids == [2, 1, 3]  # top 2 in topk order, then the new frame
+    memory.refresh_bank(state)
+    assert state.bank.ids == [3, 2, 3]  # the latest frame is appended again
+    cross.reset()  # a switch: no text keys, every score 0, torch.topk's tie order decides
+    memory.refresh_bank(state)
+    ties = torch.zeros(1, 3).topk(2, dim=1).indices[0].tolist()
+    assert state.bank.ids == [[3, 2, 3][i] for i in ties] + [3] and memory.compressions == 3
 
 
 def test_identity_memory_is_a_hook_that_needs_an_agent(parts):

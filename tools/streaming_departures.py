@@ -1,4 +1,4 @@
-"""Measure two choices of the streaming generator against the released code, on the tiny seeded DiT.
+"""Measure three choices of the streaming generator against the released code, on the tiny seeded DiT.
 
 1. LongLive's KV re-cache at a prompt switch: the release's ``one_forward`` (the window's frames in one
    forward, seeing each other) against ``per_block`` (block by block, block-causal). A 2-prompt stream of
@@ -10,6 +10,12 @@
 2. Precision with bf16 weights: activations in bf16 (the released causal models, ``residual_dtype:
    null``) against float32 residuals (``residual_dtype: float32``), and each against the same weights in
    float32, over the output latents of a few blocks.
+3. MemFlow's bank compression schedule: the release's ``every_forward`` (the bank re-compressed before
+   every block's first forward and every re-cache once more frames were recorded than it holds, zero text
+   keys right after a switch) against ``per_frame`` (once per recorded frame), with ``model=memflow``'s
+   cache, re-cache and bank (3 frames, a candidate every 3 blocks) over 3 prompts of 10 s (switches at 39
+   and 78, 120 latent frames). Reported: the latents of the blocks before the first over-budget block
+   (equal), the first block that differs, and the difference over the rest of the video.
 
 "max abs" is the largest absolute difference; "rel" divides it by the largest absolute value of the
 reference (the release's choice). The DiT is random (seeded), the text features random too: the figures
@@ -110,6 +116,30 @@ def measure_recache(dit: CausalWanTransformer) -> dict[str, Any]:
     }
 
 
+def measure_memory(dit: CausalWanTransformer) -> dict[str, Any]:
+    policy = CachePolicy.sink(12, 3, sma=False)
+    runs, details = {}, {}
+    for mode in ("every_forward", "per_frame"):
+        spec = StreamingSpec(cache=policy, transition="kv_recache", memory="narrative", bank_size=3,
+                             record_interval=3, memory_compress=mode)
+        decoder = _Latents()
+        pipeline = _Recorder(dit, _Texts(dit.cfg, seed=1), decoder, spec)
+        pipeline.recached = []
+        result = pipeline.generate([f"prompt {k}" for k in range(3)], seed=0, seconds_per_segment=SECONDS, fps=FPS,
+                                   height=HEIGHT, width=WIDTH)
+        runs[mode], details[mode] = decoder.blocks, result.details["memory"]
+    release, ours = runs["every_forward"], runs["per_frame"]
+    over = 3 * 3 + 1  # the block after the 4th recorded frame (blocks 0, 3, 6, 9 record)
+    differing = [b for b, (a, r) in enumerate(zip(ours, release)) if not torch.equal(a, r)]
+    return {
+        "switch_latent_frames": list(result.plan.switches), "blocks": len(release),
+        "compressions": {mode: details[mode]["compressions"] for mode in details},
+        "blocks_before_first_over_budget_equal": bool(all(torch.equal(a, r) for a, r in zip(ours[:over], release[:over]))),
+        "first_differing_block": differing[0] if differing else None,
+        "from_first_over_budget_block_x0": _diff(torch.cat(ours[over:], dim=2), torch.cat(release[over:], dim=2)),
+    }
+
+
 def measure_precision(cfg: WanConfig, state: dict[str, torch.Tensor], seconds: float = 4.0) -> dict[str, Any]:
     spec = StreamingSpec(cache=CachePolicy.sink(12, 3, sma=False), transition="hard", memory="none")
     outputs = {}
@@ -147,6 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     figures = {"dit": {k: getattr(cfg, k) for k in ("dim", "num_layers", "num_heads", "ffn_dim")},
                "torch": torch.__version__,
                "recache_per_block_vs_one_forward": measure_recache(dit),
+               "memflow_bank_per_frame_vs_every_forward": measure_memory(dit),
                "precision": measure_precision(cfg, dit.state_dict())}
     text = json.dumps(figures, indent=2)
     print(text)

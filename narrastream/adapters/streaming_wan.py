@@ -485,6 +485,7 @@ def _policies(spec) -> dict[str, Any]:
                 "sink_size": getattr(spec.cache, "sink_size", getattr(spec.cache, "anchor_frames", 0)),
                 "sma": spec.cache.sma, "transition": spec.transition, "memory": spec.memory,
                 "bank_size": spec.bank_size, "block_frames": spec.block_frames,
+                **({"memory_compress": spec.memory_compress} if spec.memory == "narrative" else {}),
                 "denoising_steps": list(spec.denoising_steps)}
     if spec.cache.kind in ("deep_sink", "rolling_anchor"):  # their own geometry (budget, recent, cache_frames...)
         policies["cache_params"] = cache

@@ -31,14 +31,14 @@ import resource
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from narrastream.streaming.deep_sink import DeepSinkPolicy
 from narrastream.streaming.kv_cache import CachePolicy
-from narrastream.streaming.memory import MemoryAgent, StreamState, build_memory
+from narrastream.streaming.memory import COMPRESS_MODES, MemoryAgent, StreamState, build_memory
 from narrastream.streaming.rolling import WINDOW_PROMPTS, RollingAnchorPolicy
 from narrastream.streaming.sampler import CONTEXT_TIMESTEP, FewStepSampler, draw_noise, warp_denoising_steps
 from narrastream.streaming.switches import SwitchPlan, plan_switches
@@ -71,6 +71,7 @@ class StreamingSpec:
     memory: str = "none"
     bank_size: int = 0
     record_interval: int = 3
+    memory_compress: str = "every_forward"  # narrative: the release's schedule, or per_frame (ours)
     block_frames: int = 3
     denoising_steps: tuple[int, ...] = (1000, 750, 500, 250)
     schedule: str = "block"  # block: a block's steps, then its context pass; rolling_window: Rolling Forcing
@@ -83,6 +84,8 @@ class StreamingSpec:
             raise ValueError(f"transition.recache={self.recache!r}: expected one of {', '.join(RECACHE_MODES)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule.policy={self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+        if self.memory_compress not in COMPRESS_MODES:
+            raise ValueError(f"memory.compress={self.memory_compress!r}: expected one of {', '.join(COMPRESS_MODES)}")
         if self.window_prompt not in WINDOW_PROMPTS:
             raise ValueError(f"schedule.window_prompt={self.window_prompt!r}: expected one of "
                              f"{', '.join(WINDOW_PROMPTS)}")
@@ -136,6 +139,7 @@ class StreamingSpec:
                    recache=str(transition.get("recache", "one_forward")), spt=SptConfig(**spt),
                    memory=str(memory.get("policy", "none")), bank_size=int(memory.get("bank_size", 0)),
                    record_interval=int(memory.get("record_interval", 3)),
+                   memory_compress=str(memory.get("compress", "every_forward")),
                    block_frames=block_frames,
                    denoising_steps=tuple(int(s) for s in cfg.get("denoising_steps", (1000, 750, 500, 250))),
                    schedule=str(schedule.get("policy", "block")),
@@ -211,7 +215,7 @@ class StreamingWanPipeline:
                 contexts = self.text_encoder.encode(list(prompts)).to(device)
             cache = dit.new_cache(1, lat_h, lat_w, spec.cache)
             memory = build_memory(spec.memory, bank_size=spec.bank_size, record_interval=spec.record_interval,
-                                  agent=memory_agent or self.memory_agent)
+                                  compress=spec.memory_compress, agent=memory_agent or self.memory_agent)
             bank = dit.new_memory_bank(memory.bank_size, 1, lat_h, lat_w) if memory.bank_size else None
             state = StreamState(cache=cache, bank=bank, prompts=list(prompts), transition=spec.transition)
             generator = torch.Generator(device="cpu").manual_seed(int(seed))
@@ -222,6 +226,11 @@ class StreamingWanPipeline:
             transition: SoftTransition | None = None
             distances: list[float] = []
             prompt = -1
+
+            def refresh_bank() -> None:  # where MemFlow's release updates its bank (NarrativeMemory)
+                with clock.section("memory"):
+                    _hook(memory, "refresh_bank", state)
+
             for block in range(plan.num_blocks):
                 start = block * spec.block_frames
                 frames = min(spec.block_frames, plan.num_latent_frames - start)
@@ -233,7 +242,7 @@ class StreamingWanPipeline:
                                 with clock.section("memory"):
                                     _hook(memory, "before_switch", state)
                                 transition = self._switch(cache, bank, contexts, previous, prompt, start, latents,
-                                                          distances, clock)
+                                                          distances, clock, refresh_bank)
                             state.prompt_index = prompt
                             memory.on_prompt_start(state)
                     context = contexts[prompt:prompt + 1]
@@ -244,6 +253,7 @@ class StreamingWanPipeline:
                             return dit(x_t, t, context, start_frame=start, cache=cache, bank=bank,
                                        transition_alpha=alpha)
 
+                    refresh_bank()  # before the block's first denoising forward
                     noise = draw_noise((1, dit.cfg.in_dim, frames, lat_h, lat_w), generator, device=device)
                     x0 = sampler.sample(noise, denoise)
                     with clock.section("dit"):
@@ -270,10 +280,13 @@ class StreamingWanPipeline:
                    "residual_dtype": str(dit.residual_dtype).removeprefix("torch."), **cache.self_attn.summary()}
         if spec.transition == "kv_recache":
             details["recache"] = spec.recache
+        if hasattr(memory, "summary"):
+            details.update(memory.summary())
         return StreamResult(frames=video, plan=plan, timings=timings, peak_memory_bytes=peak, details=details)
 
     def _switch(self, cache: Any, bank: Any, contexts: torch.Tensor, previous: int, prompt: int, start: int,
-                latents: torch.Tensor, distances: list[float], clock: _Clock) -> SoftTransition | None:
+                latents: torch.Tensor, distances: list[float], clock: _Clock,
+                refresh_bank: Callable[[], None] | None = None) -> SoftTransition | None:
         spec = self.spec
         if spec.transition == "hard":
             cache.cross_attn.reset()
@@ -285,9 +298,14 @@ class StreamingWanPipeline:
             transition = SoftTransition(spec.spt)
             transition.start(distance)
             return transition
+        # the release resets the cross-attention cache before and after the re-cache (zeroing its keys), and
+        # updates its memory bank right before the re-cache forward, scoring it with those zero keys
         cache.cross_attn.reset()
+        if refresh_bank is not None and cache.self_attn.first_frame is not None:
+            refresh_bank()
         with clock.section("recache"), clock.section("dit"):
             self._recache(cache, bank, latents, contexts[prompt:prompt + 1], start)
+        cache.cross_attn.reset()
         return None
 
     def _recache(self, cache: Any, bank: Any, latents: torch.Tensor, context: torch.Tensor, start: int) -> None:
@@ -295,11 +313,14 @@ class StreamingWanPipeline:
         are committed again at t = 0 under the new prompt (``context``); the caller resets the
         cross-attention cache first.
 
-        ``one_forward`` (the release, :meth:`KvRecachePolicy.rewritten_range`): the frames the release
-        rewrites go through ONE forward, each seeing the stored sink and all of them, later frames
-        included; when the stream still fits in the window (``start <= local_attn_size``) that is every
-        frame, the sink included. ``per_block``: the local frames are rewound and committed again block
-        by block, each block seeing the blocks before it, as when first generated; the sink is kept.
+        ``one_forward`` (the release, :meth:`KvRecachePolicy.recache_range` / ``rewritten_range``): the
+        release's ``min(local_attn_size, s)`` frames go through ONE forward, the rewritten ones seeing the
+        stored sink and all of them, later frames included; when the stream still fits in the window
+        (``start <= local_attn_size``) that is every frame, the sink included. Otherwise the first
+        ``sink_size`` frames are queries only (their K/V are neither attended nor written, the sink being
+        protected); they count in SMA's mean query, as in the release. ``per_block``: the local frames are
+        rewound and committed again block by block, each block seeing the blocks before it, as when first
+        generated; the sink is kept.
         """
         kv = cache.self_attn
         if kv.first_frame is None:
@@ -315,8 +336,9 @@ class StreamingWanPipeline:
             return
         policy = kv.policy
         first_frame = kv.first_frame
-        first = first_frame + KvRecachePolicy(max_frames=policy.local_attn_size).rewritten_range(
-            start - first_frame, policy.sink_size)[0]
+        recache = KvRecachePolicy(max_frames=policy.local_attn_size)
+        first = first_frame + recache.rewritten_range(start - first_frame, policy.sink_size)[0]
+        run_from = first_frame + recache.recache_range(start - first_frame)[0]
         if first == first_frame:  # the whole stream fits in the window: the sink is rewritten too
             kv.reset()
         else:
@@ -324,8 +346,8 @@ class StreamingWanPipeline:
                 raise RuntimeError(f"re-cache at frame {start}: the cache holds {kv.stored_frames()}, not the sink "
                                    f"and the frames [{first}, {start}) the release rewrites")
             kv.rewind(first)
-        self.dit(latents[:, :, first:start], CONTEXT_TIMESTEP, context, start_frame=first, cache=cache, bank=bank,
-                 commit=True)
+        self.dit(latents[:, :, run_from:start], CONTEXT_TIMESTEP, context, start_frame=run_from, cache=cache,
+                 bank=bank, commit=True, query_frames=first - run_from)
 
 
 def stream_timings(clock: _Clock, num_frames: int, device: torch.device) -> tuple[dict[str, float], int]:

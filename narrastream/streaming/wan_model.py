@@ -366,16 +366,26 @@ class CausalWanTransformer(nn.Module):
         commit: bool = False,
         bank: MemoryBank | None = None,
         transition_alpha: float | None = None,
+        query_frames: int = 0,
     ) -> torch.Tensor:
         """One block [B, C, F, H, W] at absolute latent frame ``start_frame`` -> flow prediction (returned
         in float32; computed in the residual dtype).
 
-        ``commit=True`` writes this block's K/V into ``cache`` (the clean context pass)."""
+        ``commit=True`` writes this block's K/V into ``cache`` (the clean context pass).
+        ``query_frames``: the block's first frames are queries only (the release's sink-protected frames of a
+        one-forward KV re-cache): they go through every layer at their own positions and count in SMA's mean
+        query, but their K/V are neither attended nor written; the cache sees the block from
+        ``start_frame + query_frames`` on."""
         kv = cache.self_attn
         tokens, grid = self._patchify(x)
         if grid[1] * grid[2] != kv.frame_tokens:
             raise ValueError(f"block has {grid[1] * grid[2]} tokens per frame, the cache {kv.frame_tokens}")
-        kv.begin_forward(start_frame, grid[0], commit)
+        if not 0 <= query_frames < grid[0]:
+            raise ValueError(f"query_frames={query_frames} must leave at least one of the {grid[0]} frames")
+        if query_frames and not isinstance(kv.policy, CachePolicy):
+            raise ValueError(f"query-only frames need a sink or rolling cache, not {type(kv.policy).__name__}")
+        kept_from = query_frames * kv.frame_tokens
+        kv.begin_forward(start_frame + query_frames, grid[0] - query_frames, commit)
         self._prepare_cross(cache.cross_attn, context)
         use_bank = bank is not None and bank.length > 0
         policy = kv.policy
@@ -386,7 +396,8 @@ class CausalWanTransformer(nn.Module):
         e, e0 = self._time(t, x.shape[0], grid[0], x.device)
         for i, block in enumerate(self.blocks):
             def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: int = i) -> torch.Tensor:
-                sink_k, sink_v, local_k, local_v = kv.attention_kv(i, k, v, q)
+                k, v = k[:, kept_from:], v[:, kept_from:]  # query-only frames give no keys
+                sink_k, sink_v, local_k, local_v = kv.attention_kv(i, k, v, q[:, kept_from:])
                 if use_bank:
                     assert bank is not None
                     bank_k, bank_v = bank.layer_kv(i)
@@ -408,7 +419,7 @@ class CausalWanTransformer(nn.Module):
 
             tokens = block(tokens, e0, rope, attend, cache.cross_attn.layer_kv(i, transition_alpha))
         if commit:
-            kv.advance(start_frame, grid[0])
+            kv.advance(start_frame + query_frames, grid[0] - query_frames)
         return self._unpatchify(self.head(tokens, e), grid)
 
     # ----- reference path ----------------------------------------------------------------------------

@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="dino: the evaluator's vendored file (official) or facebookresearch/dino (upstream); "
                              "memflow: sma runs their bank with SMA routing on; iamflow: upstream (soft prompt "
                              "transition), hard (no_transition) or bank (SMA over an injected memory bank); "
-                             "longlive: lora (their LoRA on the generator)")
+                             "longlive: lora (their LoRA on the generator); deep_forcing: ds (Deep Sink only)")
     parser.add_argument("--commit", help="the commit of a checkout that is not a git work tree (an exported tree)")
     parser.add_argument("--allow-other-commit", action="store_true", help="accept a checkout at another commit")
     parser.add_argument("--weights-seed", type=int, default=1234)

@@ -1,13 +1,15 @@
 """The streaming methods' fixtures: the authors' causal Wan DiT, KV caches, switches and memory bank.
 
 Imported by ``make_fixtures.py`` (subcommands ``wan_forward``, ``self_forcing``, ``longlive`` [``--layout
-lora``], ``memflow`` [``--layout sma``], ``iamflow`` [``--layout hard`` / ``bank``]). Each maker imports the
+lora``], ``memflow`` [``--layout sma``], ``iamflow`` [``--layout hard`` / ``bank``], ``deep_forcing``
+[``--layout ds``], ``rolling_forcing``). Each maker imports the
 authors' modules from a checkout, builds their ``CausalWanModel`` with the small configuration of
 :data:`streaming_inputs.TINY_WAN` and seeded weights (in their key layout), and runs seeded inputs through
 THEIR inference code: their model forward with their KV-cache dictionaries (``wan_forward``, ``iamflow
 --layout bank``), their pipeline's unmodified block loop (``self_forcing``: ``CausalInferencePipeline``;
 ``longlive``, ``memflow``, ``iamflow``: ``InteractiveCausalInferencePipeline`` with its switches,
-``_recache_after_switch``, memory bank or soft prompt transition). Outputs: the latents of every block, and
+``_recache_after_switch``, memory bank or soft prompt transition; ``deep_forcing``: Self-Forcing's loop in
+Deep Forcing's release with its deep-sink model; ``rolling_forcing``: ``inference_rolling_forcing``). Outputs: the latents of every block, and
 the self-attention KV cache at chosen points (after each re-cache, at the end).
 
 Shims (all here; none changes what is computed, each is named in the fixture's ``shims`` field):
@@ -27,15 +29,24 @@ Shims (all here; none changes what is computed, each is named in the fixture's `
 * ``model_constants``: their pipelines hard-code the 1.3B model's 30 blocks, 1560 tokens per frame, 12
   heads of 128 in ``num_transformer_blocks``, ``frame_seq_length`` and the cache initialisers; the tool sets
   the two attributes and re-shapes the zero caches their initialisers allocate.
-* ``tokens_per_frame`` (MemFlow only): its ``causal_model.py`` writes 1560 (tokens per frame) as a literal in
-  the memory-bank bookkeeping, the SMA chunk size and the attention budget; the tool loads that file with
-  the literal replaced by the small frame's token count (the count of replacements is recorded).
+* ``tokens_per_frame`` (MemFlow, IAMFlow, Deep Forcing, Rolling Forcing): their ``causal_model.py`` (Deep
+  Forcing: also ``causal_model_DS.py``) writes 1560 (tokens per frame) as a literal in the memory-bank
+  bookkeeping, the SMA chunk size, the attention budget (``max_attention_size``), Deep Forcing's first sink
+  shift (``21 - capacity // 1560``) and Rolling Forcing's ``frame_length``; the tool loads those files with the
+  literal replaced by the small frame's token count (the count of replacements is recorded). Deep Forcing's
+  wrapper passes ``PC_capacity=1560*budget`` and ``PC_window=1560*recent``: the ``from_pretrained`` shim
+  rescales them to the same frame counts of small frames. Rolling Forcing's pipeline allocates its buffer as
+  ``1560 * 24`` tokens: it is re-shaped to 24 small frames (``model_constants``).
 * ``seeded_noise``: ``torch.randn_like`` (their re-noising between denoising steps) returns the seeded draws
   of :class:`streaming_inputs.NoiseSequence`; the starting noise is passed in as their loops expect.
 * ``text_encoder`` / ``vae``: stand-ins that return the seeded text features and skip the decode (the
   latents are what is compared).
-* ``prompt_router`` (Self-Forcing only, which has no multi-prompt loop): runners/official_common.py's
-  ``PromptRouter``, as the ``self_forcing-official`` runner drives their loop (a hard switch).
+* ``prompt_router`` (Self-Forcing, Deep Forcing, Rolling Forcing, which have no multi-prompt loop):
+  runners/official_common.py's ``PromptRouter``, as their ``-official`` runners drive their loops (a hard
+  switch; Rolling Forcing's window takes its newest block's prompt).
+* ``seeded_noise`` in Rolling Forcing's loop: their re-noising draws ``randn_like`` of the whole window and
+  keeps one block's slice; the slice holds that block's seeded draw, the rest of the window zeros
+  (:func:`rolling_randn_like`).
 """
 
 from __future__ import annotations
@@ -62,6 +73,9 @@ SELF_FORCING = ("guandeh17/Self-Forcing", "33593df3e81fa3ec10239271dd2c100facac6
 LONGLIVE = ("NVlabs/LongLive", "e52d9ef6865d843282a6b5e9d46d03b35f88929d")
 MEMFLOW = ("KlingTeam/MemFlow", "7ed514771f5add2af7cc60889e8310ce2b70ab1e")
 IAMFLOW = ("Eddie0521/IAMFlow", "7dda1d3e02e061ad7440f18bd264dffa2dfc5bfa")
+#: the authors' release commit; github.com/cvlab-kaist/DeepForcing (docs/equivalence.md says where it was read)
+DEEP_FORCING = ("cvlab-kaist/DeepForcing", "ea9961aa4bd5b554daeecdcf59e37c495fba9df6")
+ROLLING_FORCING = ("TencentARC/RollingForcing", "a1477d09e85dc759a6a6728f55f77f59342ce388")
 
 #: network -> layout -> (fixture name, repository, pinned commit, path of the code run)
 STREAM_PINS: dict[str, dict[str, tuple[str, str, str, str]]] = {
@@ -71,6 +85,9 @@ STREAM_PINS: dict[str, dict[str, tuple[str, str, str, str]]] = {
                  "lora": ("longlive_lora", *LONGLIVE, "utils/lora_utils.py")},
     "memflow": {"upstream": ("memflow", *MEMFLOW, "pipeline/interactive_causal_inference.py"),
                 "sma": ("memflow_sma", *MEMFLOW, "wan/modules/causal_model.py")},
+    "deep_forcing": {"upstream": ("deep_forcing", *DEEP_FORCING, "wan/modules/causal_model.py"),
+                     "ds": ("deep_forcing_ds", *DEEP_FORCING, "wan/modules/causal_model_DS.py")},
+    "rolling_forcing": {"upstream": ("rolling_forcing", *ROLLING_FORCING, "pipeline/rolling_forcing_inference.py")},
     "iamflow": {"upstream": ("iamflow_spt", *IAMFLOW, "iamflow/pipelines/interactive_causal_inference.py"),
                 "hard": ("iamflow_hard", *IAMFLOW, "iamflow/pipelines/interactive_causal_inference.py"),
                 "bank": ("iamflow_bank", *IAMFLOW, "iamflow/vendor/wan/modules/causal_model.py")},
@@ -118,7 +135,8 @@ LAYOUTS: dict[str, dict[str, Any]] = {
 class Authors:
     """The authors' modules, imported from ``checkout`` with the shims above."""
 
-    def __init__(self, checkout: Path, *, frame_tokens_literal: int | None = None, layout: str = "plain") -> None:
+    def __init__(self, checkout: Path, *, frame_tokens_literal: int | None = None, layout: str = "plain",
+                 model_modules: tuple[str, ...] = ("causal_model",), model_class: str = "CausalWanModel") -> None:
         self.checkout = checkout
         self.names = LAYOUTS[layout]
         self.shims = ["sdpa", "no_package_init", "cuda_device", "from_pretrained", "model_constants",
@@ -137,30 +155,44 @@ class Authors:
         model = importlib.import_module(f"{wan}.modules.model")
         model.flash_attention = sdpa
         self.replacements = 0
-        if frame_tokens_literal is not None:
-            self._load_with_frame_tokens(frame_tokens_literal)
-        causal_model = importlib.import_module(f"{wan}.modules.causal_model")
-        causal_model.attention = sdpa
-        self.causal_model = causal_model
+        modules = []
+        for name in model_modules:  # e.g. Deep Forcing's wrapper imports causal_model and causal_model_DS
+            if frame_tokens_literal is not None:
+                self._load_with_frame_tokens(frame_tokens_literal, name)
+            module = importlib.import_module(f"{wan}.modules.{name}")
+            module.attention = sdpa
+            modules.append(module)
+        self.causal_model = modules[0]
+        self.modules = modules
+        self.model_class = model_class
         self.keys: list | None = None
         self.ints: dict | None = None
 
-    def _load_with_frame_tokens(self, tokens: int) -> None:
-        name = f"{self.names['wan']}.modules.causal_model"
+    def _load_with_frame_tokens(self, tokens: int, module_name: str = "causal_model") -> None:
+        name = f"{self.names['wan']}.modules.{module_name}"
         path = self.checkout / (name.replace(".", "/") + ".py")
         source = path.read_text()
-        self.replacements = source.count("1560")
+        self.replacements += source.count("1560")
         module = types.ModuleType(name)
         module.__file__ = str(path)
         sys.modules[name] = module
         exec(compile(source.replace("1560", str(tokens)), str(path), "exec"), module.__dict__)
-        self.shims.append("tokens_per_frame")
+        if "tokens_per_frame" not in self.shims:
+            self.shims.append("tokens_per_frame")
+
+    def model_cls(self, name: str | None = None) -> type:
+        """Their model class (``CausalWanModel``, or e.g. Deep Forcing's ``CausalWanModelDS``)."""
+        name = name or self.model_class
+        for module in self.modules:
+            if hasattr(module, name):
+                return getattr(module, name)
+        raise SystemExit(f"no {name} in {[m.__name__ for m in self.modules]}")
 
     def build_model(self, weights_seed: int, **kwargs: Any) -> torch.nn.Module:
         """Their CausalWanModel with the small configuration and the seeded weights (their key layout)."""
         cfg = dict(si.TINY_WAN)
         cfg["patch_size"] = tuple(cfg["patch_size"])
-        model = self.causal_model.CausalWanModel(model_type="t2v", **cfg, **kwargs).eval()
+        model = self.model_cls()(model_type="t2v", **cfg, **kwargs).eval()
         keys, ints, aliases = seeded.describe(model.state_dict())
         if aliases or ints:
             raise SystemExit(f"unexpected shared or integer tensors in their state dict: {aliases}, {list(ints)}")
@@ -168,19 +200,24 @@ class Authors:
         self.keys, self.ints = keys, ints
         return model
 
-    def patch_from_pretrained(self, weights_seed: int) -> None:
-        """``CausalWanModel.from_pretrained(folder, **kwargs)`` -> the small seeded model (shim)."""
+    def patch_from_pretrained(self, weights_seed: int, classes: tuple[str, ...] = ("CausalWanModel",),
+                              kwargs_hook: Callable[[dict], dict] | None = None) -> None:
+        """``CausalWanModel.from_pretrained(folder, **kwargs)`` -> the small seeded model (shim); ``classes``:
+        the model classes their wrapper may build, ``kwargs_hook``: rescales token counts it computes."""
         authors = self
 
         def from_pretrained(cls, folder: str, **kwargs: Any) -> torch.nn.Module:
-            return authors.build_model(weights_seed, **kwargs)
+            authors.model_class = cls.__name__
+            return authors.build_model(weights_seed, **(kwargs_hook(kwargs) if kwargs_hook else kwargs))
 
-        self.causal_model.CausalWanModel.from_pretrained = classmethod(from_pretrained)
+        for name in classes:
+            self.model_cls(name).from_pretrained = classmethod(from_pretrained)
 
 
-def _resize_caches(pipe: Any, heads: int, head_dim: int, text_len: int) -> None:
+def _resize_caches(pipe: Any, heads: int, head_dim: int, text_len: int, cache_tokens: int | None = None) -> None:
     """Wrap their cache initialisers: same buffers, the small model's 2 heads of 32 instead of 12 x 128 (and
-    its text length instead of 512 in the cross-attention caches)."""
+    its text length instead of 512 in the cross-attention caches; ``cache_tokens``: the self-attention
+    buffer's length where their initialiser writes it as a literal in 1560-token frames)."""
     for name in ("_initialize_kv_cache", "_initialize_crossattn_cache", "_initialize_kv_bank"):
         original = getattr(pipe, name, None)
         if original is None:
@@ -188,11 +225,13 @@ def _resize_caches(pipe: Any, heads: int, head_dim: int, text_len: int) -> None:
 
         def wrapper(*args: Any, _original: Callable = original, **kwargs: Any) -> None:
             _original(*args, **kwargs)
-            for attr in ("kv_cache1", "crossattn_cache", "prev_crossattn_cache", "kv_bank1"):
+            for attr in ("kv_cache1", "kv_cache_clean", "crossattn_cache", "prev_crossattn_cache", "kv_bank1"):
                 for entry in getattr(pipe, attr, None) or []:
                     for key, value in entry.items():
                         if torch.is_tensor(value) and value.dim() == 4 and value.shape[2:] == (12, 128):
-                            tokens = text_len if "crossattn" in attr else value.shape[1]
+                            tokens = (text_len if "crossattn" in attr
+                                      else cache_tokens if cache_tokens is not None and attr == "kv_cache_clean"
+                                      else value.shape[1])
                             entry[key] = value.new_zeros(value.shape[0], tokens, heads, head_dim)
 
         setattr(pipe, name, wrapper)
@@ -253,8 +292,10 @@ def _args(**model_kwargs: Any) -> Any:
                              "context_noise": 0, "global_sink": True, "model_kwargs": model_kwargs})
 
 
-def _pipeline(authors: Authors, cls_path: str, args: Any, contexts: list[torch.Tensor], weights_seed: int) -> Any:
-    authors.patch_from_pretrained(weights_seed)
+def _pipeline(authors: Authors, cls_path: str, args: Any, contexts: list[torch.Tensor], weights_seed: int,
+              classes: tuple[str, ...] = ("CausalWanModel",), kwargs_hook: Callable[[dict], dict] | None = None,
+              cache_tokens: int | None = None) -> Any:
+    authors.patch_from_pretrained(weights_seed, classes, kwargs_hook)
     module_name, cls_name = cls_path.rsplit(".", 1)
     with _cuda_device_shim():  # their t5.py takes torch.cuda.current_device() as a default argument
         WanDiffusionWrapper = importlib.import_module(f"{authors.names['utils']}.wan_wrapper").WanDiffusionWrapper
@@ -265,7 +306,8 @@ def _pipeline(authors: Authors, cls_path: str, args: Any, contexts: list[torch.T
     pipe = cls(args, "cpu", **kwargs)
     pipe.num_transformer_blocks = si.TINY_WAN["num_layers"]
     pipe.frame_seq_length = si.FRAME_TOKENS
-    _resize_caches(pipe, si.TINY_WAN["num_heads"], si.TINY_WAN["dim"] // si.TINY_WAN["num_heads"], si.TINY_WAN["text_len"])
+    _resize_caches(pipe, si.TINY_WAN["num_heads"], si.TINY_WAN["dim"] // si.TINY_WAN["num_heads"], si.TINY_WAN["text_len"],
+                   cache_tokens)
     pipe.prompts = prompts
     return pipe
 
@@ -589,5 +631,189 @@ def make_iamflow_bank(authors: Authors, weights_seed: int, inputs_seed: int) -> 
     return meta, authors.ints or {}, outputs
 
 
+# ------------------------------------------------------------------------------------------- Deep Forcing
+#: 2 prompts of 8.25 s at 16 fps: 66 latent frames (22 blocks), a hard switch at 33. DS_PC_inference.sh's
+#: cache (self_forcing_dmd_sink10.yaml: 21 frames, sink 10; --Budget 16 --Recent 4; PC_topc_max_reuse 7):
+#: it overflows at frames 21, 27, ..., 63 (8 Participative Compressions, the last ones excluding tokens
+#: already chosen 7 times), the sink re-placed in RoPE time at each.
+DEEP_FORCING_STREAM = {"prompts": 2, "seconds_per_segment": 8.25, "fps": 16, "frames": 66, "switches": [33],
+                       "local_attn_size": 21, "sink_size": 10, "compression": "participative", "budget": 16,
+                       "recent": 4, "max_reuse": 7}
+#: DS_inference.sh: self_forcing_dmd_sink14.yaml with --is_ds_only 1 (causal_model_DS.py): overflows evict the
+#: oldest non-sink frames from frame 21 on; 2 prompts of 3.75 s, 30 latent frames, a hard switch at 15
+DEEP_SINK_STREAM = {"prompts": 2, "seconds_per_segment": 3.75, "fps": 16, "frames": 30, "switches": [15],
+                    "local_attn_size": 21, "sink_size": 14, "compression": "none"}
+RELEASE_FRAME_TOKENS = 1560
+
+
+def _frame_token_kwargs(kwargs: dict) -> dict:
+    """Their wrapper passes ``PC_capacity=1560*budget``, ``PC_window=1560*recent`` (tokens of 1560-token
+    frames, a literal in utils/wan_wrapper.py): the same frame counts in the small frame's tokens."""
+    out = dict(kwargs)
+    for key in ("PC_capacity", "PC_window"):
+        if key in out:
+            frames, rest = divmod(int(out[key]), RELEASE_FRAME_TOKENS)
+            if rest:
+                raise SystemExit(f"{key}={out[key]} is not a whole number of 1560-token frames")
+            out[key] = frames * si.FRAME_TOKENS
+    return out
+
+
+def make_deep_forcing(checkout: Path, layout: str, weights_seed: int, inputs_seed: int) -> tuple[dict, dict, dict]:
+    """Their ``CausalInferencePipeline.inference`` (Self-Forcing's block loop) with their deep-sink cache, the
+    model their wrapper builds from ``model_kwargs`` as their ``inference.py`` sets them (``is_ds_only``,
+    ``budget``, ``recent``); prompts routed as the ``deep_forcing-official`` runner does (hard switch).
+    ``upstream``: Deep Sink + Participative Compression (``causal_model.py``); the indices each compression
+    keeps (per layer, their ``_mkv_select_indices``) and the final top-C choice counts are recorded.
+    ``ds``: Deep Sink only (``causal_model_DS.py``)."""
+    sys.path.insert(0, str(REPO / "runners"))
+    from official_common import PromptRouter  # type: ignore[import-not-found]
+
+    ds = layout == "ds"
+    stream = DEEP_SINK_STREAM if ds else DEEP_FORCING_STREAM
+    authors = Authors(checkout, frame_tokens_literal=si.FRAME_TOKENS, model_modules=("causal_model", "causal_model_DS"))
+    authors.shims.append("prompt_router")
+    keeps: list[np.ndarray] = []
+    if not ds:
+        module = authors.modules[0]
+        select = module._mkv_select_indices
+
+        def select_indices(*args: Any, **kwargs: Any) -> Any:
+            keep_lists, protect_lists, chosen = select(*args, **kwargs)
+            if len(keep_lists) != 1:
+                raise SystemExit("batch size 1 expected")
+            keeps.append(keep_lists[0].numpy().copy())
+            return keep_lists, protect_lists, chosen
+
+        module._mkv_select_indices = select_indices
+    args = _args(timestep_shift=5.0, local_attn_size=stream["local_attn_size"], sink_size=stream["sink_size"],
+                 is_ds_only=ds, budget=stream.get("budget", 16), recent=stream.get("recent", 4))
+    inputs, contexts, noise = _inputs_meta(inputs_seed, stream["prompts"], stream["frames"], stream.get("mix"))
+    pipe = _pipeline(authors, "causal_inference.CausalInferencePipeline", args, contexts, weights_seed,
+                     classes=("CausalWanModel", "CausalWanModelDS"), kwargs_hook=_frame_token_kwargs)
+    want = "CausalWanModelDS" if ds else "CausalWanModel"
+    if type(pipe.generator.model).__name__ != want:
+        raise SystemExit(f"their wrapper built {type(pipe.generator.model).__name__}, not {want}")
+    if not ds:
+        pc = pipe.generator.model.PC_cfg
+        if (pc.capacity, pc.window, pc.topc_max_reuse) != (stream["budget"] * si.FRAME_TOKENS,
+                                                           stream["recent"] * si.FRAME_TOKENS, stream["max_reuse"]):
+            raise SystemExit(f"unexpected PC configuration {vars(pc)}")
+    router = PromptRouter([pipe.text_encoder(text_prompts=[p]) for p in pipe.prompts], stream["switches"],
+                          si.BLOCK_FRAMES, si.FRAME_TOKENS, 0, "newest")
+    generator = pipe.generator
+    original = generator.forward
+    generator.forward = lambda *a, **kw: original(*a, **router.route(kw))
+    with seeded_randn_like(inputs_seed) as draws, torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        _, output = pipe.inference(noise.permute(0, 2, 1, 3, 4), text_prompts=[pipe.prompts[0]], return_latents=True)
+    if draws.calls != 3 * stream["frames"] // si.BLOCK_FRAMES or router.events != stream["switches"]:
+        raise SystemExit(f"unexpected loop: {draws.calls} re-noisings, switches at {router.events}")
+    outputs = {"latents": _latents(output)}
+    meta = _common_meta(authors, stream)
+    meta["inputs"] = inputs
+    meta["frame_tokens_literal_replacements"] = authors.replacements
+    cache = pipe.kv_cache1
+    meta["sink_time_start"] = [int(c["sink_base_abs_start_frame"].item()) for c in cache]
+    meta["cached_tokens"] = [int(c["local_end_index"].item()) for c in cache]
+    if not ds:
+        layers = si.TINY_WAN["num_layers"]
+        width = max(len(k) for k in keeps)
+        table = np.full((len(keeps), width), -1, dtype=np.float32)  # exact integers (< 2**24)
+        for row, keep in enumerate(keeps):
+            table[row, :len(keep)] = keep
+        outputs["keep_indices"] = table
+        counts = np.stack([c["topc_select_counts"][0, :int(c["local_end_index"].item())].numpy() for c in cache])
+        outputs["final_topc_counts"] = counts.astype(np.float32)
+        meta["compressions_per_layer"] = len(keeps) // layers
+        meta["max_topc_count"] = int(counts.max())
+    return meta, authors.ints or {}, outputs
+
+
+# ----------------------------------------------------------------------------------------- Rolling Forcing
+#: 3 prompts of 3 s at 16 fps: 36 latent frames (12 blocks, 16 windows of up to 5 blocks), prompts switching at
+#: 12 and 24 (a window takes its newest block's prompt, as the rolling_forcing-official runner routes them).
+#: Their 24-frame buffer keeps the anchor (block 0) and evicts first in, first out from block 8's commit on.
+ROLLING_FORCING_STREAM = {"prompts": 3, "seconds_per_segment": 3.0, "fps": 16, "frames": 36, "switches": [12, 24],
+                          "denoising_steps": [1000, 800, 600, 400, 200], "local_attn_size": 21, "cache_frames": 24,
+                          "window_prompt": "newest"}
+
+
+@contextlib.contextmanager
+def rolling_randn_like(inputs_seed: int, num_blocks: int, steps: int):
+    """``torch.randn_like`` in their rolling loop: one call per re-noised block, shaped as the WHOLE window
+    (``[F_window, C, H, W]``; they keep the block's slice). The block's slice holds its seeded draw
+    ``streaming_inputs.renoise(seed, block, k)`` (its k-th re-noising); the rest of the window is zero."""
+    order = []
+    for w in range(num_blocks + steps - 1):
+        first, last = max(0, w - steps + 1), min(num_blocks - 1, w)
+        order += [(first, last, b, w - b + 1) for b in range(first, last + 1) if w - b < steps - 1]
+    state = types.SimpleNamespace(calls=0)
+    original = torch.randn_like
+
+    def randn_like(t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        first, last, block, k = order[state.calls]
+        state.calls += 1
+        frames = (last - first + 1) * si.BLOCK_FRAMES
+        if tuple(t.shape) != (frames, si.TINY_WAN["in_dim"], *si.LATENT_HW):
+            raise RuntimeError(f"randn_like{tuple(t.shape)}: expected the window of blocks {first}..{last}")
+        draw = si.to_tensor(si.renoise(inputs_seed, block, k))[0].permute(1, 0, 2, 3)  # [F, C, H, W]
+        out = torch.zeros_like(t)
+        offset = (block - first) * si.BLOCK_FRAMES
+        out[offset:offset + si.BLOCK_FRAMES] = draw.to(t.dtype)
+        return out
+
+    torch.randn_like = randn_like  # type: ignore[assignment]
+    try:
+        yield state, len(order)
+    finally:
+        torch.randn_like = original  # type: ignore[assignment]
+
+
+def make_rolling_forcing(checkout: Path, layout: str, weights_seed: int, inputs_seed: int) -> tuple[dict, dict, dict]:
+    """Their ``CausalInferencePipeline.inference_rolling_forcing`` (pipeline/rolling_forcing_inference.py) with
+    their ``causal_model.py`` (anchor = first block, working cache, 21 frames attended, a 24-frame buffer),
+    prompts routed per window as the ``rolling_forcing-official`` runner does (``newest``)."""
+    sys.path.insert(0, str(REPO / "runners"))
+    from official_common import PromptRouter  # type: ignore[import-not-found]
+
+    stream = ROLLING_FORCING_STREAM
+    authors = Authors(checkout, frame_tokens_literal=si.FRAME_TOKENS)
+    authors.shims.append("prompt_router")
+    steps = stream["denoising_steps"]
+    args = _args(timestep_shift=5.0)  # configs/rolling_forcing_dmd.yaml's model_kwargs
+    args.denoising_step_list = steps
+    inputs, contexts, noise = _inputs_meta(inputs_seed, stream["prompts"], stream["frames"], stream.get("mix"))
+    pipe = _pipeline(authors, "rolling_forcing_inference.CausalInferencePipeline", args, contexts, weights_seed,
+                     cache_tokens=stream["cache_frames"] * si.FRAME_TOKENS)
+    router = PromptRouter([pipe.text_encoder(text_prompts=[p]) for p in pipe.prompts], stream["switches"],
+                          si.BLOCK_FRAMES, si.FRAME_TOKENS, 0, stream["window_prompt"])
+    generator = pipe.generator
+    original = generator.forward
+    calls: list[list] = []
+
+    def forward(*a: Any, **kw: Any) -> Any:
+        kw = router.route(kw)
+        calls.append([int(kw["current_start"]) // si.FRAME_TOKENS, int(kw["noisy_image_or_video"].shape[1]),
+                      bool(kw.get("updating_cache"))])
+        return original(*a, **kw)
+
+    generator.forward = forward
+    blocks = stream["frames"] // si.BLOCK_FRAMES
+    with rolling_randn_like(inputs_seed, blocks, len(steps)) as (draws, expected), torch.no_grad(), \
+            contextlib.redirect_stdout(io.StringIO()):
+        _, output = pipe.inference_rolling_forcing(noise.permute(0, 2, 1, 3, 4), text_prompts=[pipe.prompts[0]],
+                                                   return_latents=True)
+    if draws.calls != expected or router.events != stream["switches"]:
+        raise SystemExit(f"unexpected loop: {draws.calls} re-noisings ({expected} expected), switches at {router.events}")
+    if len(pipe.kv_cache_clean[0]["k"][0]) != stream["cache_frames"] * si.FRAME_TOKENS:
+        raise SystemExit("their buffer was not resized")
+    meta = _common_meta(authors, stream)
+    meta["inputs"] = inputs
+    meta["frame_tokens_literal_replacements"] = authors.replacements
+    meta["forwards"] = calls  # (start frame, frames, updating_cache) of every generator call
+    return meta, authors.ints or {}, {"latents": _latents(output)}
+
+
 MAKERS = {"wan_forward": make_wan_forward, "self_forcing": make_self_forcing, "longlive": make_longlive,
-          "memflow": make_memflow, "iamflow": make_iamflow}
+          "memflow": make_memflow, "iamflow": make_iamflow, "deep_forcing": make_deep_forcing,
+          "rolling_forcing": make_rolling_forcing}
