@@ -170,7 +170,7 @@ def _cmd_weights_list(args: argparse.Namespace) -> int:
     from narrastream.weights_catalog import catalog, groups
 
     entries = catalog()
-    rows = [[e.name, e.kind, e.relative, e.source, "yes" if e.pinned else "no", ", ".join(e.used_by)]
+    rows = [[" = ".join((e.name, *e.aliases)), e.kind, e.relative, e.source, "yes" if e.pinned else "no", ", ".join(e.used_by)]
             for e in entries.values()]
     print(tabulate(rows, headers=["name", "kind", "goes to", "published at", "sha256 pinned", "used by"]))
     print("\ngroups: " + ", ".join(sorted(g for g in groups(entries) if g not in entries)))
