@@ -1,6 +1,6 @@
 """The ``narrastream`` console script: data checks and export, narrative annotations (verify, annotate),
-protocol checks, leaderboards, registry listings, model weights (list, download, verify), ``serve-judge``,
-and ``launch`` / ``status`` for shards.
+protocol checks, leaderboards, HTML reports and shareable results files, registry listings, model weights
+(list, download, verify), ``serve-judge``, and ``launch`` / ``status`` for shards.
 
 Runs themselves go through the Hydra app ``python -m narrastream.run``. Exit code 2 means bad input
 (the message names the file, line and problem).
@@ -43,19 +43,85 @@ def _cmd_data_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bootstrap_settings(args: argparse.Namespace):
+    from narrastream.report.bootstrap import BootstrapSettings
+
+    return BootstrapSettings(resamples=args.resamples, seed=args.bootstrap_seed)
+
+
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
     from narrastream.report import build_leaderboard, write_leaderboard
-    from narrastream.report.leaderboard import load_protocol
 
-    table = build_leaderboard(args.run_dirs, with_reference=args.with_reference)
+    table = build_leaderboard(args.run_dirs, with_reference=args.with_reference, bootstrap=_bootstrap_settings(args))
     markdown = args.markdown or Path(args.out).with_suffix(".md")
-    write_leaderboard(table, args.out, markdown_path=markdown,
-                      dimensions=load_protocol(Path(args.run_dirs[0]))["dimensions"])
+    write_leaderboard(table, args.out, markdown_path=markdown)
     print(Path(markdown).read_text())
     for path, count in table.attrs.get("invalid_records", {}).items():
         print(f"skipped {count} invalid record line(s) in {path} (see the warnings above; they do not count)")
     print(f"wrote {args.out} and {markdown}")
     return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from narrastream.report.html import ReportOptions, build_report
+
+    if args.gallery < 0 or args.thumb_height < 16:
+        raise ValueError("--gallery must be >= 0 and --thumb-height >= 16")
+    options = ReportOptions(with_reference=args.with_reference, bootstrap=_bootstrap_settings(args),
+                            gallery_per_row=args.gallery, gallery_scripts=args.scripts, thumb_height=args.thumb_height,
+                            data=Path(args.data) if args.data else None, prompts=not args.no_prompts,
+                            title=args.title)
+    summary = build_report(args.sources, args.out, options)
+    print(f"wrote {summary.path} ({summary.bytes / 2**20:.1f} MiB, {summary.rows} rows, "
+          f"{summary.gallery_scripts} filmstrip scripts) in {summary.seconds:.1f} s")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from narrastream.report.results_file import build_results, write_results
+    from narrastream.report.sources import load_results
+
+    document = build_results(load_results(args.run_dirs), bootstrap=_bootstrap_settings(args),
+                             with_items=not args.no_items)
+    path = write_results(document, args.out)
+    print(f"wrote {path}: {len(document['records'])} records, {len(document['leaderboard'])} leaderboard rows, "
+          f"{len(document['configurations'])} configurations, {len(document['videos'])} videos' timings "
+          f"({path.stat().st_size / 2**20:.1f} MiB; schema {document['schema']} v{document['schema_version']})")
+    return 0
+
+
+def _add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resamples", type=int, default=1000,
+                        help="bootstrap resamples for the intervals (default 1000)")
+    parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+
+
+def _add_report_parsers(sub: argparse._SubParsersAction) -> None:
+    report = sub.add_parser("report", help="one self-contained HTML report from run folders and results files")
+    report.add_argument("sources", nargs="+", type=Path, help="run folders and/or results files (narrastream export)")
+    report.add_argument("--out", type=Path, default=Path("report.html"),
+                        help="HTML file to write (default report.html)")
+    report.add_argument("--with-reference", action="store_true", help="add the published rows (no intervals)")
+    report.add_argument("--gallery", type=int, default=2, metavar="N",
+                        help="filmstrips of each row's N worst and N best scripts (default 2; 0: none)")
+    report.add_argument("--scripts", type=int, nargs="+", metavar="ID", help="filmstrips of these script ids instead")
+    report.add_argument("--thumb-height", type=int, default=120, help="filmstrip frame height in pixels (default 120)")
+    report.add_argument("--data", help="scripts file for the segments' sentences (default: the runs' own file, "
+                                       "$NARRASTREAM_DATA or the cache; must match the runs' sha256)")
+    report.add_argument("--no-prompts", action="store_true",
+                        help="never put the scripts' sentences in the page (segments named by script id and number)")
+    report.add_argument("--title", default="narrastream report")
+    _add_bootstrap_options(report)
+    report.set_defaults(func=_cmd_report)
+
+    export = sub.add_parser("export", help="write a shareable results file (records, rows, provenance; "
+                                           "no videos, no sentences)")
+    export.add_argument("run_dirs", nargs="+", type=Path, help="run folders and/or results files to merge")
+    export.add_argument("--out", required=True, type=Path, help="JSON file to write")
+    export.add_argument("--no-items", action="store_true", help="leave out per-segment items (smaller file; the "
+                                                                "report then has no per-switch breakdown)")
+    _add_bootstrap_options(export)
+    export.set_defaults(func=_cmd_export)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -328,12 +394,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--path", help="script file (default: as verify)")
     export.set_defaults(func=_cmd_data_export)
 
-    board = sub.add_parser("leaderboard", help="build a leaderboard from run folders (shards merge)")
-    board.add_argument("run_dirs", nargs="+", type=Path)
+    board = sub.add_parser("leaderboard", help="build a leaderboard from run folders and results files (shards merge)")
+    board.add_argument("run_dirs", nargs="+", type=Path, help="run folders and/or results files (narrastream export)")
     board.add_argument("--out", required=True, type=Path, help="CSV path")
     board.add_argument("--markdown", type=Path, help="Markdown path (default: beside the CSV)")
     board.add_argument("--with-reference", action="store_true", help="add the published rows")
+    _add_bootstrap_options(board)
     board.set_defaults(func=_cmd_leaderboard)
+    _add_report_parsers(sub)
 
     ann = sub.add_parser("annotations", help="narrative annotations").add_subparsers(dest="ann_command", required=True)
     averify = ann.add_parser("verify", help="check an annotations file against the scripts: structure, grounding "

@@ -140,8 +140,17 @@ class AnnotationsSection(Section):
     path: str | None = Field(None, description="frozen annotations file; null: the shipped one")
 
 
+class BootstrapSection(Section):
+    resamples: PosInt = Field(1000, description="bootstrap resamples of the scripts behind every interval")
+    seed: Int = Field(0, description="seed of the resampling (same seed, same intervals)")
+    level: Annotated[float, Field(gt=0, lt=1), BeforeValidator(_not_bool)] = Field(
+        0.95, description="interval level, in (0, 1)")
+
+
 class ReportSection(Section):
     with_reference: bool = Field(False, description="add the published rows to the leaderboard")
+    bootstrap: BootstrapSection = Field(default_factory=BootstrapSection,
+                                        description="intervals of leaderboard.csv/.md (docs/report.md)")
 
 
 class ModelSection(Section):

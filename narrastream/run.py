@@ -144,12 +144,13 @@ def input_errors() -> tuple[type[BaseException], ...]:
     from narrastream.metrics.backbones import ChecksumError, WeightsNotFoundError
     from narrastream.protocol.annotations import AnnotationsError
     from narrastream.registry import RegistryError
+    from narrastream.report.bootstrap import BootstrapConfigError
     from narrastream.results.lock import ShardLockError
     from narrastream.results.rundir import RunDirError
 
     return (ConfigError, ScriptFileError, DataSourceError, PrecomputedVideosError, WeightsNotFoundError,
             ChecksumError, RegistryError, RunDirError, OmegaConfBaseException, AnnotationsError, JudgeConfigError,
-            AdapterConfigError, ShardLockError)
+            AdapterConfigError, ShardLockError, BootstrapConfigError)
 
 
 #: Hydra's own modes (help, multirun, printing the config, another config): Hydra reports those itself

@@ -239,6 +239,9 @@ def test_leaderboard_command_merges_run_folders(tmp_path, capsys):
     assert board["overall"].is_monotonic_decreasing and board["model"].iloc[0] == "b"  # b: 90 beats all
     assert board["rank"].tolist() == list(range(1, 9)) and (tmp_path / "board.md").is_file()
     assert cli_main(["leaderboard", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "missing: no such run folder or results file" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli_main(["leaderboard", str(tmp_path / "empty"), "--out", str(out)]) == 2
     assert "no records/ folder" in capsys.readouterr().err
 
 
@@ -272,3 +275,46 @@ def test_invalid_records_lines_are_skipped_counted_and_never_shown(tmp_path, cap
     assert ((scores >= 0) & (scores <= 100)).all()
     table = build_leaderboard([tmp_path / "run"])
     assert table.attrs["invalid_records"] == {str(other.path): 1, str(store.path): 5}
+
+
+def test_intervals_in_csv_and_markdown_partial_rows_only_where_values_exist(tmp_path):
+    """Every run cell with a value has `<column>_ci_low/_ci_high` around it; published rows and empty cells none;
+    the markdown shows `value ± half-width`; the settings are columns of the CSV and a line of the markdown."""
+    store = RecordStore(tmp_path / "run" / "records")
+    nine = [m for m in METRICS if m not in JUDGED]
+    for sid in range(6):
+        for k, metric in enumerate(nine):
+            store.append(_record("nine", sid, metric, 0.2 + 0.1 * (sid % 4) + 0.01 * k, configuration=_variant(judge=None)))
+    table = build_leaderboard([tmp_path / "run"], with_reference=True)
+    write_leaderboard(table, tmp_path / "lb.csv", markdown_path=tmp_path / "lb.md", dimensions=DIMS)
+    csv = pd.read_csv(tmp_path / "lb.csv")
+    row = csv[csv["model"] == "nine"].iloc[0]
+    for column in [*nine, "quality", "temporal"]:
+        assert row[f"{column}_ci_low"] <= row[column] <= row[f"{column}_ci_high"], column
+        assert row[f"{column}_ci_low"] < row[f"{column}_ci_high"], column
+    for column in [*JUDGED, "instruction", "overall"]:
+        assert pd.isna(row[column]) and pd.isna(row[f"{column}_ci_low"]) and pd.isna(row[f"{column}_ci_high"])
+    assert (row["ci_level"], row["bootstrap_resamples"], row["bootstrap_seed"]) == (0.95, 1000, 0)
+    published = csv[csv["source"] == "published"]
+    assert published["overall"].notna().all() and published["overall_ci_low"].isna().all()
+    columns = list(csv.columns)
+    assert columns[columns.index("vtss") + 1: columns.index("vtss") + 3] == ["vtss_ci_low", "vtss_ci_high"]
+    md = (tmp_path / "lb.md").read_text()
+    half = (row["quality_ci_high"] - row["quality_ci_low"]) / 2
+    assert f"{row['quality']:.2f} ± {half:.2f}" in md and "1000 resamples, seed 0" in md
+    assert "75.73 ±" not in md and "75.73" in md  # the published IAMFlow row: a bare value
+
+
+def test_intervals_are_reproducible_and_follow_the_bootstrap_settings(tmp_path):
+    from narrastream.report.bootstrap import BootstrapSettings
+
+    store = RecordStore(tmp_path / "run" / "records")
+    for sid in range(8):
+        for metric in METRICS:
+            store.append(_record("m", sid, metric, (sid * 37 % 11) / 11, configuration=REAL))
+    one = build_leaderboard([tmp_path / "run"])
+    assert one.equals(build_leaderboard([tmp_path / "run"]))
+    other = build_leaderboard([tmp_path / "run"], bootstrap=BootstrapSettings(resamples=200, seed=7))
+    assert other.iloc[0]["bootstrap_resamples"] == 200 and other.iloc[0]["overall"] == one.iloc[0]["overall"]
+    assert other.iloc[0]["overall_ci_low"] != one.iloc[0]["overall_ci_low"]
+    assert not any(c.endswith("_ci_low") for c in build_leaderboard([tmp_path / "run"], bootstrap=None).columns)

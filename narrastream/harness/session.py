@@ -58,6 +58,7 @@ from narrastream.protocol.annotations import (  # noqa: F401 - re-exported for o
 )
 from narrastream.hashing import sha256_file
 from narrastream.preflight import environment_oserror
+from narrastream.report.bootstrap import BootstrapSettings
 from narrastream.results.configuration import config_id
 from narrastream.results.lock import ShardLock
 from narrastream.results.records import Record, RecordStore, latest_by_config, record_key
@@ -138,6 +139,7 @@ class Session:
         self._judges: Any = False  # built on first use (a local judge loads a model)
         self._judge_config: Any = False  # probed on first use (an HTTP request, no model)
         self._run_config: dict[str, Any] | None = None
+        self.bootstrap = BootstrapSettings.from_config((cfg.get("report") or {}).get("bootstrap"))  # checked now
         self.annotation_mode = str(self.protocol.get("annotations", "frozen"))
         if self.annotation_mode == "live":
             if not (cfg.get("judge") or {}).get("backend", "none") != "none":
@@ -572,7 +574,8 @@ class Session:
     def leaderboard(self) -> Path:
         from narrastream.report import build_leaderboard, write_leaderboard
 
-        table = build_leaderboard([self.run.root], with_reference=bool(self.cfg["report"]["with_reference"]))
+        table = build_leaderboard([self.run.root], with_reference=bool(self.cfg["report"]["with_reference"]),
+                                  bootstrap=self.bootstrap)
         for path, count in table.attrs.get("invalid_records", {}).items():
             log.warning("leaderboard: %d invalid record line(s) of %s skipped", count, path)
         csv_path = self.run.leaderboard_path("csv")

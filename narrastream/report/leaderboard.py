@@ -23,25 +23,19 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import pandas as pd
-import yaml
 
-from narrastream.paths import config_dir, reports_dir
+from narrastream.paths import reports_dir
 from narrastream.protocol.aggregate import aggregate, dimension_scores
+from narrastream.report.bootstrap import BootstrapSettings
+from narrastream.report.intervals import SETTINGS_COLUMNS, add_intervals, ci_columns, plus_minus, row_scores
+from narrastream.report.sources import ResultSet, load_protocol, load_results
 from narrastream.results.configuration import describe_differences, oracle_reasons, smoke_reasons
-from narrastream.results.records import Record, RecordStore, latest_by_config
-from narrastream.results.rundir import RunDir
+from narrastream.results.records import Record, latest_by_config
 
 log = logging.getLogger(__name__)
 REFERENCE_FILE = "reference/narrastream_bench_published.csv"
-
-
-def load_protocol(run_dir: Path | None = None) -> dict:
-    """The protocol section a run used (its config.yaml), else the default protocol file."""
-    if run_dir is not None and (run_dir / "config.yaml").is_file():
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-        if "protocol" in cfg:
-            return cfg["protocol"]
-    return yaml.safe_load((config_dir() / "protocol" / "narrastream_v1.yaml").read_text())
+__all__ = ["build_leaderboard", "leaderboard_from", "load_protocol", "load_reference", "to_markdown",
+           "write_leaderboard"]
 
 
 def metric_columns(dimensions: Mapping[str, Sequence[str]]) -> list[str]:
@@ -64,49 +58,45 @@ def load_reference(dimensions: Mapping[str, Sequence[str]], path: Path | None = 
     return pd.DataFrame(rows)
 
 
-def build_leaderboard(run_dirs: Sequence[Path | str], *, with_reference: bool = False) -> pd.DataFrame:
-    """One row per (model, configuration) over all records in ``run_dirs`` (latest record per key wins).
+def build_leaderboard(sources: Sequence[Path | str], *, with_reference: bool = False,
+                      bootstrap: BootstrapSettings | None = BootstrapSettings()) -> pd.DataFrame:
+    """One row per (model, configuration) over all records in ``sources`` (run folders or results files
+    written by ``narrastream export``; the latest record per key wins).
 
     Columns: ``model``, ``config_id``, ``source`` (run / published), ``label`` (why a row is not
     ranked; empty for ranked rows), ``rank`` (ranked rows only), the metric, dimension and overall
-    scores (x100), ``missing_metrics``, ``config_note`` and the coverage counts per metric.
+    scores (x100) with their bootstrap intervals (``<column>_ci_low`` / ``_ci_high``, and
+    ``ci_level``, ``bootstrap_resamples``, ``bootstrap_seed``; none when ``bootstrap`` is None),
+    ``missing_metrics``, ``config_note`` and the coverage counts per metric.
     ``table.attrs["invalid_records"]`` counts, per records file, the lines skipped because they are
     not valid records (each also logged as a warning naming the file and line).
     """
-    dirs = [Path(d) for d in run_dirs]
-    for d in dirs:
-        if not (d / "records").is_dir():
-            raise FileNotFoundError(f"{d}: no records/ folder (not a narrastream run, or nothing evaluated yet)")
-    protocols = [load_protocol(d) for d in dirs]
-    dims = protocols[0]["dimensions"]
-    for d, p in zip(dirs[1:], protocols[1:]):
-        if p["dimensions"] != dims:
-            raise ValueError(f"{d}: its protocol's dimensions differ from {dirs[0]}'s; cannot share a leaderboard")
-    records, invalid = [], {}
-    for d in dirs:
-        store = RecordStore(RunDir(d).records_dir)
-        records.extend(store.iter_all())
-        invalid.update(store.invalid_counts())
-    latest = list(latest_by_config(records).values())
+    return leaderboard_from(load_results(sources, with_videos=False), with_reference=with_reference,
+                            bootstrap=bootstrap)
+
+
+def leaderboard_from(results: ResultSet, *, with_reference: bool = False,
+                     bootstrap: BootstrapSettings | None = BootstrapSettings()) -> pd.DataFrame:
+    """:func:`build_leaderboard` of records already loaded (the report and the export share them)."""
+    dims = results.dimensions
+    latest = list(latest_by_config(results.records).values())
     table = aggregate(latest, dims)
     metrics = metric_columns(dims)
     score_columns = [*metrics, *dims.keys(), "overall"]
+    scaled = list(score_columns)
     if not table.empty:
         table = _label_rows(table, latest)
-        table[score_columns] = table[score_columns].astype(float) * 100.0
+        if bootstrap is not None:
+            table = add_intervals(table, row_scores(latest, dims), dims, bootstrap)
+            scaled += [c for col in score_columns for c in ci_columns(col)]
+        table[scaled] = table[scaled].astype(float) * 100.0
         table.insert(2, "source", "run")
     if with_reference:
         table = pd.concat([table, load_reference(dims)], ignore_index=True)
-    table = _rank_rows(table, score_columns)
-    table.attrs["invalid_records"] = invalid
-    return table
-
-
-def _rank_rows(table: pd.DataFrame, score_columns: list[str]) -> pd.DataFrame:
-    """Round the scores and rank the rows (ranked first, by overall; the others by model and config_id)."""
+    table.attrs["invalid_records"] = dict(results.invalid_records)
     if table.empty:
         return table
-    table[score_columns] = table[score_columns].astype(float).round(2)
+    table[scaled] = table[scaled].astype(float).round(2)
     table["label"] = table["label"].fillna("")
     ranked = table["label"].eq("") & table["overall"].notna()
     table["rank"] = pd.NA
@@ -115,6 +105,10 @@ def _rank_rows(table: pd.DataFrame, score_columns: list[str]) -> pd.DataFrame:
     rest = table[~ranked].sort_values(["model", "config_id"], kind="stable").index
     table = table.loc[[*order, *rest]].reset_index(drop=True)
     table["rank"] = table["rank"].astype("Int64")
+    table.attrs["dimensions"] = {k: list(v) for k, v in dims.items()}
+    table.attrs["invalid_records"] = dict(results.invalid_records)
+    if bootstrap is not None:
+        table.attrs["bootstrap"] = bootstrap
     return table
 
 
@@ -186,8 +180,14 @@ def ordered_columns(table: pd.DataFrame) -> list[str]:
     first = ["model", "config_id", "source", "label", "rank", "protocol", "scripts", "items"]
     counts = [c for c in table.columns if c.endswith(("_valid", "_fallback", "_failed", "_skipped"))]
     tail = ["metrics_reported", "metrics_total", "missing_metrics", "overall_published", "config_note"]
-    middle = [c for c in table.columns if c not in first + counts + tail]
-    return [c for c in first + middle + tail + counts if c in table.columns]
+    settings = list(SETTINGS_COLUMNS)
+    intervals = {c for c in table.columns if c.endswith(("_ci_low", "_ci_high"))}
+    middle = []
+    for c in table.columns:
+        if c in first + counts + tail + settings or c in intervals:
+            continue
+        middle += [c, *(i for i in ci_columns(c) if i in intervals)]  # each score, then its interval
+    return [c for c in first + middle + tail + settings + counts if c in table.columns]
 
 
 def _markdown_table(table: pd.DataFrame, columns: list[str]) -> str:
@@ -197,6 +197,28 @@ def _markdown_table(table: pd.DataFrame, columns: list[str]) -> str:
     return view.to_markdown(index=False, floatfmt=".2f", missingval="–")
 
 
+def _with_intervals(table: pd.DataFrame, scores: Sequence[str]) -> pd.DataFrame:
+    """Score cells as ``73.21 ± 0.80`` where the row has an interval, else the bare value."""
+    out = table.copy()
+    for col in scores:
+        low, high = ci_columns(col)
+        if col not in out.columns or low not in out.columns:
+            continue
+        out[col] = [plus_minus(v, lo, hi) or None for v, lo, hi in zip(table[col], table[low], table[high])]
+    return out
+
+
+def _bootstrap_settings(table: pd.DataFrame) -> BootstrapSettings | None:
+    """The settings the table's intervals were computed with (its attrs, else its columns)."""
+    if isinstance(table.attrs.get("bootstrap"), BootstrapSettings):
+        return table.attrs["bootstrap"]
+    if "bootstrap_resamples" not in table.columns or not table["bootstrap_resamples"].notna().any():
+        return None
+    first = table[table["bootstrap_resamples"].notna()].iloc[0]
+    return BootstrapSettings(resamples=int(first["bootstrap_resamples"]), seed=int(first["bootstrap_seed"]),
+                             level=float(first["ci_level"]))
+
+
 def to_markdown(table: pd.DataFrame, dimensions: Mapping[str, Sequence[str]]) -> str:
     """The ranked rows (whole protocol, real weights and judge, beside the published ones), then the rows
     listed apart with their labels, then notes: coverage and how a model's configurations differ."""
@@ -204,9 +226,13 @@ def to_markdown(table: pd.DataFrame, dimensions: Mapping[str, Sequence[str]]) ->
     scores = [*metrics, *dimensions.keys(), "overall"]
     if table.empty:
         return "(no records)\n"
-    ranked = table[table["rank"].notna()]
-    apart = table[table["rank"].isna()]
+    shown = _with_intervals(table, scores)
+    ranked = shown[shown["rank"].notna()]
+    apart = shown[shown["rank"].isna()]
     parts = []
+    if (settings := _bootstrap_settings(table)) is not None:
+        parts.append(f"Scores x100. `±` is half the width of the {settings.describe()} "
+                     "(leaderboard.csv has both ends: `<column>_ci_low`, `_ci_high`); published rows have none.")
     if len(ranked):
         parts.append("Ranked: all %d metrics, real checkpoints and judge.\n\n" % len(metrics)
                      + _markdown_table(ranked, ["rank", "model", "config_id", "source", *scores]))
@@ -241,5 +267,5 @@ def write_leaderboard(table: pd.DataFrame, csv_path: Path | str, *, markdown_pat
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     table[ordered_columns(table)].to_csv(csv_path, index=False, float_format="%.2f")
     if markdown_path is not None:
-        dims = dimensions or load_protocol()["dimensions"]
+        dims = dimensions or table.attrs.get("dimensions") or load_protocol()["dimensions"]
         Path(markdown_path).write_text(to_markdown(table, dims))
