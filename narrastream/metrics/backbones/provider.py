@@ -28,6 +28,7 @@ import difflib
 import importlib
 import logging
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -328,6 +329,7 @@ class BackboneProvider:
         self._embedders: dict[str, Backbone] = {}
         self._identities: dict[str, dict[str, Any]] = {}
         self._weights: dict[str, str] = {}
+        self._load_seconds: dict[str, float] = {}
         self._lock = threading.RLock()  # get() holds it while loading, which asks weights_identity()
 
     @staticmethod
@@ -359,8 +361,9 @@ class BackboneProvider:
 
     def runtime(self) -> dict[str, dict[str, Any]]:
         """What each backbone loaded in this process cost so far, for the run manifest: ``{name: {seconds,
-        calls, items, forwards, peak_memory_bytes (None off CUDA), batch_size, max_batch, oom_halvings,
-        precision, device}}``."""
+        calls, items, forwards, peak_memory_bytes (None off CUDA), max_batch, oom_halvings, load_seconds,
+        batch_size, batch_size_per, precision, device}}`` (``seconds``: wall time of its calls, preprocessing
+        and transfers included; ``load_seconds``: building or loading it, once)."""
         with self._lock:
             loaded = dict(self._embedders)
         out = {}
@@ -368,7 +371,8 @@ class BackboneProvider:
             execution: Execution | None = getattr(backbone, "execution", None)
             if execution is None:
                 continue
-            out[name] = {**execution.stats.to_dict(), "batch_size": execution.batch_size,
+            out[name] = {**execution.stats.to_dict(), "load_seconds": round(self._load_seconds.get(name, 0.0), 4),
+                         "batch_size": execution.batch_size,
                          "batch_size_per": "832x480 frame" if execution.per_pixels else "item",
                          "precision": execution.precision, "device": str(execution.device)}
         return out
@@ -382,6 +386,7 @@ class BackboneProvider:
         return self._embedders[name]
 
     def _load(self, name: str, spec: BackboneSpec) -> Backbone:
+        started = time.perf_counter()
         precision = self.precision_of(name)
         architecture = spec.architectures[self.size]
         identity: dict[str, Any] = {"name": name, "architecture": f"{spec.family}-{architecture}", "source": self.source}
@@ -404,6 +409,7 @@ class BackboneProvider:
         embedder.execution = Execution(device=self.device, precision=precision, batch_size=self.batch_size_of(name),
                                        per_pixels=spec.per_pixels)
         identity.update(device=str(self.device), dtype=str(_DTYPES[weights]).removeprefix("torch."), precision=precision)
+        self._load_seconds[name] = time.perf_counter() - started
         self._identities[name] = identity
         return embedder
 
