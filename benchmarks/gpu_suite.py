@@ -95,7 +95,11 @@ class Sizes:
     @classmethod
     def for_args(cls, args: argparse.Namespace) -> "Sizes":
         if not args.smoke:
-            return cls(smoke=False, eval_videos=args.eval_videos)
+            sizes = cls(smoke=False, eval_videos=args.eval_videos)
+            for key in ("eval_width", "eval_height", "eval_fps", "eval_segment_seconds", "eval_warmup"):
+                if getattr(args, key, None) is not None:  # a reduced evaluation video (e.g. a CPU measurement)
+                    setattr(sizes, key, getattr(args, key))
+            return sizes
         return cls(smoke=True, eval_width=64, eval_height=48, eval_fps=4.0, eval_segment_seconds=2.0,
                    eval_videos=min(args.eval_videos, 1), eval_warmup=0, gen_width=32, gen_height=32, gen_fps=16.0,
                    gen_seconds_per_segment=1.5, gen_warmup_seconds_per_segment=1.5, fp8_dim=64, fp8_heads=4,
@@ -353,7 +357,7 @@ class Suite:
             note = str(stop)
         evaluate_seconds = time.perf_counter() - started
         records = [r for r in RecordStore(run_dir / "records").iter_all()]
-        measured = per_video[s.eval_warmup:] or per_video  # smoke: no warm-up
+        measured = per_video[s.eval_warmup:] or per_video  # no warm-up (smoke), or the budget stopped after it
         ids = {v["script"] for v in measured}
         metrics: dict[str, dict[str, Any]] = {}
         for name in MODEL_METRICS:
@@ -372,6 +376,7 @@ class Suite:
             "video": {"width": s.eval_width, "height": s.eval_height, "fps": s.eval_fps,
                       "seconds": 6 * s.eval_segment_seconds, "segments": 6},
             "videos_measured": len(measured), "warmup_videos": min(s.eval_warmup, len(per_video)),
+            "measured_includes_warmup": len(per_video) <= s.eval_warmup and bool(per_video) and s.eval_warmup > 0,
             "seconds_per_video": total,
             "backbone_seconds_per_video": backbone_total,
             "overhead_share": (1 - backbone_total / total) if total else None,
@@ -659,6 +664,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=480.0, help="the whole run's time budget")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
     parser.add_argument("--eval-videos", type=int, default=3, help="measured videos per precision (after a warm-up)")
+    parser.add_argument("--eval-warmup", type=int, default=None, help="warm-up videos before the measured ones (1)")
+    parser.add_argument("--eval-width", type=int, default=None, help="evaluation video size (default 832x480)")
+    parser.add_argument("--eval-height", type=int, default=None)
+    parser.add_argument("--eval-fps", type=float, default=None, help="default 16")
+    parser.add_argument("--eval-segment-seconds", type=float, default=None, help="6 segments of this (default 10)")
     parser.add_argument("--gen-methods", default=None, help=f"default: {','.join(GEN_METHODS)}")
     parser.add_argument("--out", default=str(HERE), help="folder of the JSON and Markdown results")
     parser.add_argument("--name", default=None, help="file name stem (default gpu-suite, or gpu-suite-smoke)")
