@@ -159,3 +159,15 @@ def test_the_manifest_records_what_each_backbone_cost(generated, tmp_path):
     loop = runtime["loop"]
     assert loop["videos"] == 3 and loop["prefetch_videos"] == 1 and loop["decode_seconds"] > 0
     assert loop["seconds"] >= loop["backbone_seconds"] > 0
+
+
+def test_batch_sizes_change_no_cache_key_and_no_configuration(tmp_path):
+    """Batch sizes are speed settings: the same cache keys and configuration whatever they are."""
+    plain = Session.from_overrides(["preset=tiny", "data.limit=1", f"run.dir={tmp_path}"])
+    batched = Session.from_overrides(["preset=tiny", "data.limit=1", f"run.dir={tmp_path}",
+                                      "+protocol.metrics.vtss.batch_size=2", "backbones.batch_size.raft_things=3"])
+    assert plain.protocol_identity() == batched.protocol_identity()
+    script = plain.items[0][0]
+    for name in ("vtss", "temporal_flickering"):
+        assert plain.cache_key(plain.metrics()[name], None, script) == batched.cache_key(batched.metrics()[name], None, script)
+    assert plain.run_configuration() == batched.run_configuration()

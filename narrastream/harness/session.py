@@ -45,6 +45,7 @@ from narrastream.metrics.base import (
     FALLBACK_CAUSE,
     Metric,
     MetricContext,
+    SPEED_ONLY_PARAMS,
     MetricResult,
     build_metric,
     needs_retry,
@@ -307,8 +308,9 @@ class Session:
 
     def protocol_identity(self) -> dict[str, Any]:
         """The protocol version plus a digest of its constants (metric settings, dimensions, segmentation)."""
-        constants = {"metrics": self.protocol.get("metrics"), "dimensions": self.protocol.get("dimensions"),
-                     "video": self.cfg["video"]}
+        metrics = {name: {k: v for k, v in (params or {}).items() if k not in SPEED_ONLY_PARAMS}
+                   for name, params in (self.protocol.get("metrics") or {}).items()}  # a batch size is no constant
+        constants = {"metrics": metrics, "dimensions": self.protocol.get("dimensions"), "video": self.cfg["video"]}
         digest = hashlib.sha256(json.dumps(_plain(constants), sort_keys=True, default=str).encode()).hexdigest()
         return {"version": f"{self.protocol['name']}-{self.protocol['version']}",
                 "segment_seconds": self.protocol["segment_seconds"], "segmentation": self.cfg["video"]["segmentation"],
