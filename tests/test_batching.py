@@ -217,3 +217,26 @@ def test_bf16_runs_under_autocast_and_stays_close():
     assert features.dtype == torch.float32 and bool((cosine > 0.99).all())
     errors = bf16.get("amt_s").frame_errors(frames[0:6:2], frames[2:7:2], frames[1:6:2])
     assert all(math.isfinite(e) for e in errors)
+
+
+# ---------------------------------------------------------------------------------------- frames
+def test_video_frames_for_the_backbones():
+    frames = smooth_frames(24)
+    video = video_of(frames)  # 3 segments of 8
+    on_cpu = video.device_frames("cpu")
+    assert np.shares_memory(on_cpu.numpy(), video.frames)  # no copy on the CPU
+    positions = video.positions(1, [0, 7])
+    assert positions.tolist() == [8, 15]
+    with pytest.raises(IndexError, match="segment 1 has 8 frames"):
+        video.positions(1, [8])
+    taken = video.take([3, 20, 3])
+    assert isinstance(taken, np.ndarray) and np.array_equal(taken, frames[[3, 20, 3]])
+    assert isinstance(video.take([3], "cpu"), np.ndarray)
+    with pytest.raises(IndexError, match="24 frames"):
+        video.take([24])
+    lazy = IndexedFrames(on_cpu, [5, 1, 9, 2])
+    assert lazy.shape == (4, H, W, 3) and lazy.dtype == torch.uint8
+    assert np.array_equal(lazy[1:3].numpy(), frames[[1, 9]])
+    with pytest.raises(IndexError):
+        IndexedFrames(on_cpu, [30])
+    video.release_device()  # nothing to release on the CPU; harmless
