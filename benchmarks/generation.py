@@ -21,6 +21,7 @@ release's shipped ``sync`` mode) and when it runs on a worker while the DiT goes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import platform
@@ -58,16 +59,82 @@ class RandomTextFeatures:
 
 
 def build(args: argparse.Namespace, device: torch.device) -> tuple[CausalWanTransformer, Any]:
+    return build_models(args.layers, device)
+
+
+def build_models(layers: int, device: torch.device, *, init_on_device: bool = False) -> tuple[CausalWanTransformer, Any]:
+    """The causal Wan DiT (bf16, ``layers`` of its blocks) and the Wan2.1 VAE decoder, seeded random weights.
+
+    ``init_on_device`` draws the DiT's random weights on ``device`` (seconds on a GPU, where the CPU takes about a
+    minute for the 1.3B parameters; other values, the same cost)."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(WanConfig(), num_layers=layers)
+    with torch.device(device) if init_on_device else contextlib.nullcontext():
+        dit = CausalWanTransformer(cfg)
+    return dit.to(device=device, dtype=torch.bfloat16).eval(), build_decoder(device)
+
+
+def build_decoder(device: torch.device) -> Any:
+    """The Wan2.1 VAE (base_dim 96, z_dim 16) as the streaming decoder, seeded random weights."""
     from narrastream._compat import ensure_torchvision
 
     ensure_torchvision()
     from diffusers import AutoencoderKLWan
 
     torch.manual_seed(0)
-    cfg = dataclasses.replace(WanConfig(), num_layers=args.layers)
-    dit = CausalWanTransformer(cfg).to(device=device, dtype=torch.bfloat16).eval()
-    vae = AutoencoderKLWan().to(device).eval()  # the Wan2.1 VAE configuration (base_dim 96, z_dim 16)
-    return dit, StreamingWanDecoder(vae)
+    return StreamingWanDecoder(AutoencoderKLWan().to(device).eval())
+
+
+def method_spec(method: str) -> StreamingSpec:
+    """The streaming spec of a method's model config (``iamflow+verify-*`` rows use ``iamflow``'s)."""
+    config = "iamflow" if method in VERIFIED else method
+    return StreamingSpec.from_config(compose_config([f"model={config}"])["model"]["params"])
+
+
+def measure_method(dit: CausalWanTransformer, text: Any, decoder: Any, method: str, precision: str,
+                   prompts: list[str], pairs: list[tuple[str, str]], geometry: dict[str, Any], device: torch.device,
+                   *, warm_up: bool = True, verifier_url: str | None = None,
+                   verifier_latency_ms: float = 0.0) -> dict[str, Any]:
+    """One row: generate a warm-up video (unless ``warm_up`` is false: the caller warmed up), then the measured one.
+
+    ``precision`` only labels the row: FP8 is applied to ``dit`` beforehand (:func:`quantize_model`)."""
+    spec = method_spec(method)
+    pipeline = StreamingWanPipeline(dit, text, decoder, spec)
+    verifiers: list[Any] = []
+
+    def agent() -> IdentityAgent | None:  # IAMFlow's agent: a fresh one per video
+        if spec.memory != "identity":
+            return None
+        verifier = None
+        if method in VERIFIED:
+            from narrastream.iamflow.verifier import VisualVerifier
+            from narrastream.judges.openai_backend import OpenAIJudge
+
+            verifier = VisualVerifier(OpenAIJudge("stand-in-vlm", base_url=verifier_url, max_retries=0),
+                                      mode=VERIFIED[method])
+            verifiers.append(verifier)
+        return IdentityAgent(prompts, [[ExtractedEntity(a, ()), ExtractedEntity(b, ())] for a, b in pairs],
+                             verifier=verifier)
+
+    if warm_up:
+        pipeline.generate(prompts, seed=0, memory_agent=agent(), **geometry)  # allocator, kernels
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    result = pipeline.generate(prompts, seed=1, memory_agent=agent(), **geometry)
+    t = result.timings
+    row = {"method": method, "precision": precision, "blocks": result.details["num_blocks"],
+           "pixel_frames": len(result.frames), "seconds_per_block": t["loop"] / result.details["num_blocks"],
+           "seconds_per_video": t["end_to_end"], "pixel_fps": t["pixel_fps"], "core_dit": t["core_dit"],
+           "method_overhead": t["method_overhead"], "output_decode": t["output_decode"],
+           "peak_memory_gib": result.peak_memory_bytes / 2**30}
+    if verifiers:
+        stats = verifiers[-1].stats()
+        row.update(verifier_ok=stats["ok"], verifier_blocks=stats["blocks"],
+                   verifier_blocked_s=stats["blocked_s"], verifier_latency_ms=verifier_latency_ms)
+        for verifier in verifiers:
+            verifier.close()
+    return row
 
 
 def main() -> None:
@@ -108,41 +175,8 @@ def main() -> None:
         if precision == "fp8":
             quantize_model(dit)  # the 240 attention linears (fewer with --layers), as IAMFlow's checkpoint
         for method in args.methods.split(","):
-            config = "iamflow" if method in VERIFIED else method
-            spec = StreamingSpec.from_config(compose_config([f"model={config}"])["model"]["params"])
-            pipeline = StreamingWanPipeline(dit, text, decoder, spec)
-            verifiers: list[Any] = []
-
-            def agent() -> IdentityAgent | None:  # IAMFlow's agent: a fresh one per video
-                if spec.memory != "identity":
-                    return None
-                verifier = None
-                if method in VERIFIED:
-                    from narrastream.iamflow.verifier import VisualVerifier
-                    from narrastream.judges.openai_backend import OpenAIJudge
-
-                    verifier = VisualVerifier(OpenAIJudge("stand-in-vlm", base_url=verifier_url, max_retries=0),
-                                              mode=VERIFIED[method])
-                    verifiers.append(verifier)
-                return IdentityAgent(prompts, [[ExtractedEntity(a, ()), ExtractedEntity(b, ())] for a, b in pairs],
-                                     verifier=verifier)
-
-            pipeline.generate(prompts, seed=0, memory_agent=agent(), **geometry)  # warm-up (allocator, kernels)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            result = pipeline.generate(prompts, seed=1, memory_agent=agent(), **geometry)
-            t = result.timings
-            row = {"method": method, "precision": precision, "blocks": result.details["num_blocks"],
-                   "pixel_frames": len(result.frames), "seconds_per_block": t["loop"] / result.details["num_blocks"],
-                   "seconds_per_video": t["end_to_end"], "pixel_fps": t["pixel_fps"], "core_dit": t["core_dit"],
-                   "method_overhead": t["method_overhead"], "output_decode": t["output_decode"],
-                   "peak_memory_gib": result.peak_memory_bytes / 2**30}
-            if verifiers:
-                stats = verifiers[-1].stats()
-                row.update(verifier_ok=stats["ok"], verifier_blocks=stats["blocks"],
-                           verifier_blocked_s=stats["blocked_s"], verifier_latency_ms=args.verifier_latency_ms)
-                for verifier in verifiers:
-                    verifier.close()
+            row = measure_method(dit, text, decoder, method, precision, prompts, pairs, geometry, device,
+                                 verifier_url=verifier_url, verifier_latency_ms=args.verifier_latency_ms)
             rows.append(row)
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     speed = {(r["method"], r["precision"]): r["seconds_per_video"] for r in rows}

@@ -54,6 +54,7 @@ PosFloat = Annotated[float, Field(gt=0), BeforeValidator(_not_bool)]
 NonNegFloat = Annotated[float, Field(ge=0), BeforeValidator(_not_bool)]
 Device = Annotated[str, Field(pattern=r"^(auto|cpu|mps|(cuda|xpu)(:\d+)?)$")]
 DEVICE_TEXT = "auto, cpu, cuda, cuda:N or mps"
+BackbonePrecision = Literal["auto", "fp32", "fp16", "bf16", "tf32"]
 
 
 class Section(BaseModel):
@@ -123,10 +124,37 @@ class BackbonesSection(Section):
     size: Literal["full", "tiny"] = Field("full", description="tiny needs source=random")
     seed: Int = Field(0, description="seed of random weights")
     device: Device = Field("auto", description=DEVICE_TEXT)
-    precision: Literal["auto", "fp32", "fp16"] = Field("auto", description="backbone precision")
+    precision: str | dict[str, str] = Field(
+        "auto", description="auto, fp32, fp16, bf16, tf32, or {backbone: one of them}; auto is the official")
+    batch_size: dict[str, PosInt | None] = Field(
+        default_factory=dict, description="items per forward pass per backbone; null: the device's default")
+    prefetch_videos: NonNegInt = Field(1, description="videos decoded ahead of the one being scored; 0: none")
     dir: str | None = Field(None, description="weights folder; null: $NARRASTREAM_WEIGHTS, then the cache")
     paths: dict[str, str] = Field(default_factory=dict, description="checkpoint file per backbone name")
-    allow_download: bool = Field(False, description="download missing checkpoints")
+    allow_download: bool = Field(True, description="download missing checkpoints")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision(cls, value: Any) -> Any:
+        allowed = list(BackbonePrecision.__args__)  # type: ignore[attr-defined]
+        for key, one in (value.items() if isinstance(value, Mapping) else [(None, value)]):
+            if one not in allowed:
+                where = "backbones.precision" + (f".{key}" if key is not None else "")
+                raise _problem(f"{where}={_show(one)}: not allowed.{did_you_mean(str(one), allowed)} "
+                               f"Allowed: {', '.join(allowed)} (or a mapping of backbone name to one of them)")
+        return value
+
+    @field_validator("batch_size", "precision")
+    @classmethod
+    def _known_backbones(cls, value: Any, info: Any) -> Any:
+        if isinstance(value, Mapping):
+            from narrastream.metrics.backbones.provider import BACKBONES
+
+            for name in value:
+                if name not in BACKBONES:
+                    raise _problem(f"backbones.{info.field_name}.{name}: unknown backbone.{did_you_mean(name, list(BACKBONES))} "
+                                   f"Known: {', '.join(sorted(BACKBONES))}")
+        return value
 
     @model_validator(mode="after")
     def _tiny_is_random(self) -> "BackbonesSection":
@@ -414,9 +442,20 @@ def schema_markdown() -> str:
         if ref is None:
             lines.append(f"| `{name}` | {_type_text(prop)} | {prop.get('description', '')} |")
             continue
-        for field, sub in defs[ref]["properties"].items():
-            lines.append(f"| `{name}.{field}` | {_type_text(sub)} | {sub.get('description', '')} |")
+        lines += _section_rows(name, defs[ref], defs)
     return "\n".join(lines) + "\n"
+
+
+def _section_rows(prefix: str, section: Mapping[str, Any], defs: Mapping[str, Any]) -> list[str]:
+    """One row per key of a section; a nested section (``report.bootstrap``) gives a row per key of its own."""
+    rows = []
+    for field, sub in section["properties"].items():
+        ref = _ref(sub)
+        if ref is not None:
+            rows += _section_rows(f"{prefix}.{field}", defs[ref], defs)
+        else:
+            rows.append(f"| `{prefix}.{field}` | {_type_text(sub)} | {sub.get('description', '')} |")
+    return rows
 
 
 def _ref(prop: Mapping[str, Any]) -> str | None:

@@ -28,6 +28,7 @@ from narrastream.metrics.backbones import (
     resolve_weights,
 )
 from narrastream.metrics.backbones.clip import build_clip_vit, clip_preprocess, load_clip_checkpoint
+from narrastream.registry import RegistryError
 from narrastream.metrics.backbones.dino import build_dino_vit, dino_preprocess, load_dino_checkpoint
 
 OFFICIAL_DINO_KEY = re.compile(
@@ -313,7 +314,7 @@ def test_provider_loads_once_and_embeds():
         identity = provider.identity(name)
         assert identity == {"name": name, "architecture": identity["architecture"], "source": "random", "path": None,
                             "sha256": None, "size": None, "seed": 0, "device": "cpu", "dtype": "float32",
-                            "weights": "random(seed=0,size=tiny)"}
+                            "precision": "fp32", "weights": "random(seed=0,size=tiny)"}
         assert identity["architecture"].endswith("-tiny")
 
 
@@ -329,9 +330,24 @@ def test_provider_rejects_unknown_names_and_config():
 
 def test_auto_precision_is_fp16_for_clip_on_cuda_only():
     on_cuda = BackboneProvider({"device": "cuda"})
-    assert on_cuda._precision(BACKBONES["clip_vitb32"]) == "fp16"
-    assert on_cuda._precision(BACKBONES["dino_vitb16"]) == "fp32"
-    assert BackboneProvider({"device": "cpu"})._precision(BACKBONES["clip_vitb32"]) == "fp32"
+    assert on_cuda.precision_of("clip_vitb32") == "fp16"
+    assert on_cuda.precision_of("dino_vitb16") == "fp32"
+    assert BackboneProvider({"device": "cpu"}).precision_of("clip_vitb32") == "fp32"
+
+
+def test_precision_of_names_what_runs():
+    """bf16 runs anywhere; tf32 exists only on CUDA (fp32 elsewhere); a mapping sets single backbones."""
+    assert BackboneProvider({"device": "cpu", "precision": "bf16"}).precision_of("raft_things") == "bf16"
+    assert BackboneProvider({"device": "cpu", "precision": "tf32"}).precision_of("raft_things") == "fp32"
+    assert BackboneProvider({"device": "cuda", "precision": "tf32"}).precision_of("clip_vitb32") == "tf32"
+    mixed = BackboneProvider({"device": "cuda", "precision": {"raft_things": "bf16"}})
+    assert [mixed.precision_of(n) for n in ("raft_things", "amt_s", "clip_vitb32")] == ["bf16", "fp32", "fp16"]
+    with pytest.raises(ValueError, match="backbones.precision must be"):
+        BackboneProvider({"precision": "fp8"})
+    with pytest.raises(RegistryError, match="unknown backbone"):
+        BackboneProvider({"precision": {"raft": "bf16"}})
+    with pytest.raises(ValueError, match="positive integer"):
+        BackboneProvider({"batch_size": {"raft_things": 0}})
 
 
 def test_provider_loads_files_and_records_their_identity(tmp_path, monkeypatch):

@@ -186,7 +186,7 @@ class GrayFlow:
         self.calls = 0
         self.inconsistent = inconsistent  # both directions shift the same way: never fb-consistent
 
-    def flow(self, images_a, images_b, iters=20, batch_size=8):
+    def flow(self, images_a, images_b, iters=20, batch_size=None, keep_on_device=False):
         self.calls += 1
         shift = (images_b.reshape(len(images_b), -1).mean(1) - images_a.reshape(len(images_a), -1).mean(1)) / 51.0
         flow = torch.zeros(len(images_a), 2, *images_a.shape[1:3])

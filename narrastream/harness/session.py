@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import yaml
 from tqdm.auto import tqdm
@@ -40,12 +40,14 @@ from narrastream.adapters.base import (
     write_json_atomic,
 )
 from narrastream.data import Benchmark, Script, ScriptLimits, load_benchmark
+from narrastream.harness.prefetch import Prefetcher
 from narrastream.harness.sharding import shard_items, shard_name
 from narrastream.metrics.base import (
     ANNOTATIONS_FAILED,
     FALLBACK_CAUSE,
     Metric,
     MetricContext,
+    SPEED_ONLY_PARAMS,
     MetricResult,
     build_metric,
     needs_retry,
@@ -63,6 +65,9 @@ from narrastream.results.configuration import config_id
 from narrastream.results.lock import ShardLock
 from narrastream.results.records import Record, RecordStore, latest_by_config, record_key
 from narrastream.results.rundir import RunDir, environment_info
+
+if TYPE_CHECKING:
+    from narrastream.video import SegmentedVideo
 
 log = logging.getLogger(__name__)
 STAGES = ("generate", "evaluate", "leaderboard")
@@ -348,8 +353,9 @@ class Session:
 
     def protocol_identity(self) -> dict[str, Any]:
         """The protocol version plus a digest of its constants (metric settings, dimensions, segmentation)."""
-        constants = {"metrics": self.protocol.get("metrics"), "dimensions": self.protocol.get("dimensions"),
-                     "video": self.cfg["video"]}
+        metrics = {name: {k: v for k, v in (params or {}).items() if k not in SPEED_ONLY_PARAMS}
+                   for name, params in (self.protocol.get("metrics") or {}).items()}  # a batch size is no constant
+        constants = {"metrics": metrics, "dimensions": self.protocol.get("dimensions"), "video": self.cfg["video"]}
         digest = hashlib.sha256(json.dumps(_plain(constants), sort_keys=True, default=str).encode()).hexdigest()
         return {"version": f"{self.protocol['name']}-{self.protocol['version']}",
                 "segment_seconds": self.protocol["segment_seconds"], "segmentation": self.cfg["video"]["segmentation"],
@@ -457,22 +463,74 @@ class Session:
         judged = any(getattr(m, "uses_judge", False) for _, _, _, pending, _ in work for m in pending.values())
         workers = int((self.cfg.get("judge") or {}).get("concurrency", 4)) if judged and self.judges else 0
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="judge") if workers else None
+        if any(self._backbones_of(m) for *_, pending, _ in work for m in pending.values()):
+            self.backbones  # noqa: B018 - built here, not in the prefetch thread (it loads no model)
+        # the next video is decoded (and put on the GPU) in a background thread while this one is scored
+        videos = Prefetcher(work, self._load_video, depth=int(self.cfg["backbones"].get("prefetch_videos", 1)),
+                            name="decode")
+        started = time.perf_counter()
         try:
-            for script, seed, video, pending, keys in tqdm(work, desc=f"evaluate {self.model}", unit="video"):
-                self._evaluate_item(script, seed, video, pending, keys, writer, pool)
+            for (script, seed, video, pending, keys), segmented in tqdm(videos, total=len(work),
+                                                                        desc=f"evaluate {self.model}", unit="video"):
+                self._evaluate_item(script, seed, video, pending, keys, writer, pool, segmented)
                 writer.drain(limit=4 * max(1, workers))
         finally:  # even when a setup error stops the loop, judge answers already in flight are recorded
+            videos.close()
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=False)
             writer.drain(limit=0)
+            self.record_runtime(len(work), time.perf_counter() - started, videos)
         if self.judges is not None:
             summary.judge_stats = self.judges.stats()
         return summary
 
-    def _evaluate_item(self, script: Script, seed: int, video: GeneratedVideo | None, pending: dict[str, Metric],
-                       keys: dict[str, str], writer: "_RecordWriter", pool: ThreadPoolExecutor | None) -> None:
+    def _load_video(self, item: tuple) -> "SegmentedVideo | str | None":
+        """An item's video decoded and segmented (in the prefetch thread), its frames put on the GPU when the
+        backbones run there; the reason as text when the video cannot be used; None when there is nothing to
+        decode (no video, or native segmentation without switch frames: :meth:`_evaluate_item` records why)."""
         from narrastream.video import SegmentedVideo, SegmentRule, VideoLimits
 
+        script, _, video, pending, _ = item
+        vcfg = self.cfg["video"]
+        if video is None or (vcfg["segmentation"] == "native" and not video.switch_frames):
+            return None
+        rule = SegmentRule(segment_seconds=float(self.protocol["segment_seconds"]),
+                           min_last_fraction=float(vcfg["min_last_fraction"]),
+                           max_tail_fraction=float(vcfg["max_tail_fraction"]))
+        switch_frames = video.switch_frames if vcfg["segmentation"] == "native" else None
+        try:
+            segmented = SegmentedVideo.from_file(video.path, script.num_segments, rule=rule,
+                                                 switch_frames=switch_frames, expected_fps=vcfg.get("expected_fps"),
+                                                 limits=VideoLimits.from_config(self.cfg.get("limits")))
+        except (ValueError, OSError) as exc:  # decode, fps and segmentation errors name the file
+            return f"{type(exc).__name__}: {exc}"
+        device = self._backbones.device if self._backbones is not None else None
+        if device is not None and device.type == "cuda" and any(self._backbones_of(m) for m in pending.values()):
+            try:
+                segmented.device_frames(device)  # one upload, while the previous video is scored
+            except Exception as exc:  # noqa: BLE001 - the metrics upload it themselves when they need it
+                log.warning("could not put %s on %s ahead of time: %s", video.path, device, exc)
+        return segmented
+
+    def record_runtime(self, videos: int, seconds: float, prefetcher: Prefetcher | None = None) -> None:
+        """Add what this evaluation cost to the run manifest, under ``evaluation_runtime.<shard>``: per backbone
+        seconds, peak GPU memory, batch size, precision (:meth:`BackboneProvider.runtime`), and the loop's
+        seconds, videos, time spent decoding (in the prefetch thread) and waiting for a decode."""
+        if not self.run.manifest_path.is_file() or not videos:
+            return
+        loop: dict[str, Any] = {"videos": videos, "seconds": round(seconds, 3)}
+        if prefetcher is not None:
+            loop.update(prefetch_videos=prefetcher.depth, decode_seconds=round(prefetcher.load_seconds, 3),
+                        waited_for_decode_seconds=round(prefetcher.wait_seconds, 3))
+        backbones = self._backbones.runtime() if self._backbones is not None else {}
+        loop["backbone_seconds"] = round(sum(b["seconds"] for b in backbones.values()), 3)
+        self.run.add_to_manifest("evaluation_runtime", {self.shard: {"loop": loop, "backbones": backbones}})
+
+    def _evaluate_item(self, script: Script, seed: int, video: GeneratedVideo | None, pending: dict[str, Metric],
+                       keys: dict[str, str], writer: "_RecordWriter", pool: ThreadPoolExecutor | None,
+                       segmented: "SegmentedVideo | str | None" = None) -> None:
+        """Score one item; ``segmented`` is its video as :meth:`_load_video` decoded it (the prefetch thread),
+        or the reason it could not be."""
         def record(name: str, result: MetricResult, elapsed: float = 0.0, backbones: dict | None = None) -> None:
             writer.write(script, seed, video, name, pending[name], keys[name], result, elapsed, backbones)
 
@@ -483,25 +541,19 @@ class Session:
             for name in pending:
                 record(name, MetricResult.failed(reason))
             return
-        vcfg = self.cfg["video"]
-        rule = SegmentRule(segment_seconds=float(self.protocol["segment_seconds"]),
-                           min_last_fraction=float(vcfg["min_last_fraction"]),
-                           max_tail_fraction=float(vcfg["max_tail_fraction"]))
-        switch_frames = video.switch_frames if vcfg["segmentation"] == "native" else None
-        if vcfg["segmentation"] == "native" and not switch_frames:
+        if self.cfg["video"]["segmentation"] == "native" and not video.switch_frames:
             for name in pending:
                 record(name, MetricResult.failed(f"{video.path}: video.segmentation=native but the sidecar "
                                                  "has no switch_frames"))
             return
-        try:
-            segmented = SegmentedVideo.from_file(video.path, script.num_segments, rule=rule,
-                                                 switch_frames=switch_frames, expected_fps=vcfg.get("expected_fps"),
-                                                 limits=VideoLimits.from_config(self.cfg.get("limits")))
-            video.timing = segmented.timing  # measured frame timing, into every record's details
-        except (ValueError, OSError) as exc:  # decode, fps and segmentation errors name the file
+        if segmented is None:  # called without the prefetch: decode here
+            segmented = self._load_video((script, seed, video, pending, keys))
+        if isinstance(segmented, str):  # decode, fps and segmentation errors name the file
             for name in pending:
-                record(name, MetricResult.failed(f"{type(exc).__name__}: {exc}"))
+                record(name, MetricResult.failed(segmented))
             return
+        assert segmented is not None
+        video.timing = segmented.timing  # measured frame timing, into every record's details
         from narrastream.metrics.backbones import ChecksumError, WeightsNotFoundError
 
         annotation = self.script_annotations(script)
@@ -530,6 +582,7 @@ class Session:
                 log.exception("%s failed on script %d seed %d", name, script.id, seed)
                 result = MetricResult.failed(f"{type(exc).__name__}: {exc}")
             record(name, result, time.perf_counter() - started, identities)
+        segmented.release_device()  # the GPU copy of the frames goes with the item (the host frames stay for judges)
 
     def script_annotations(self, script: Script):
         """The script's annotations if they fit its prompts and segments (else None; a warning says why)."""

@@ -104,6 +104,10 @@ class MetricContext:
             self.segment_weights = self.annotations.segment_weights
 
 
+#: metric parameters that change how fast a score is computed, never the score (beyond float rounding)
+SPEED_ONLY_PARAMS: frozenset[str] = frozenset({"batch_size"})
+
+
 class Metric(ABC):
     """Base class of the protocol metrics.
 
@@ -132,7 +136,17 @@ class Metric(ABC):
         """Score one segmented video."""
 
     def identity(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "params": self.params}
+        """What the score depends on (part of every cache key): settings that only change the speed
+        (:data:`SPEED_ONLY_PARAMS`) are left out."""
+        params = {k: v for k, v in self.params.items() if k not in SPEED_ONLY_PARAMS}
+        return {"name": self.name, "version": self.version, "params": params}
+
+    @property
+    def batch_size(self) -> int | None:
+        """A ``batch_size`` parameter of this metric (overrides ``backbones.batch_size``), else None: the
+        backbone's configured batch size."""
+        value = self.params.get("batch_size")
+        return None if value is None else int(value)
 
 
 METRICS: Registry[Metric] = Registry("metric", Metric, entry_point_group="narrastream.metrics")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -196,6 +197,8 @@ class SegmentedVideo:
         self.segmentation = segmentation
         self.path = Path(path) if path is not None else None
         self.timing = timing
+        self._on_device: dict[str, Any] = {}
+        self._device_lock = threading.Lock()
 
     @classmethod
     def from_frames(
@@ -302,6 +305,51 @@ class SegmentedVideo:
         if bad.size:
             raise IndexError(f"segment {k} has {len(segment)} frames; indices {bad.tolist()} are outside it")
         return segment[positions]
+
+    def positions(self, k: int, indices: Sequence[int]) -> np.ndarray:
+        """Video-wide frame positions of in-segment ``indices`` of segment ``k`` (checked like :meth:`frames_at`)."""
+        start, end = self.bounds[self._check_segment(k)]
+        positions = np.asarray(indices, dtype=np.int64).reshape(-1)
+        bad = positions[(positions < 0) | (positions >= end - start)]
+        if bad.size:
+            raise IndexError(f"segment {k} has {end - start} frames; indices {bad.tolist()} are outside it")
+        return positions + start
+
+    def device_frames(self, device: Any) -> Any:
+        """All frames as a ``(T, H, W, 3)`` uint8 tensor on ``device``: uploaded once per device and kept (the
+        evaluation loop's prefetch thread does it while the previous video is scored); on the CPU a view of
+        :attr:`frames`, no copy."""
+        import torch
+
+        device = torch.device(device)
+        if device.type == "cpu":
+            return torch.from_numpy(self.frames)
+        with self._device_lock:
+            tensor = self._on_device.get(str(device))
+            if tensor is None:
+                from narrastream.video.device import upload_frames
+
+                tensor = self._on_device[str(device)] = upload_frames(self.frames, device)
+        return tensor
+
+    def take(self, positions: Sequence[int] | np.ndarray, device: Any = None) -> Any:
+        """Frames at video-wide ``positions``: a new ``(N, H, W, 3)`` numpy array on the CPU (``device`` None or
+        cpu), else :class:`~narrastream.video.device.IndexedFrames` over :meth:`device_frames` (gathered on the
+        device batch by batch, nothing copied through the host)."""
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        bad = positions[(positions < 0) | (positions >= self.num_frames)]
+        if bad.size:
+            raise IndexError(f"the video has {self.num_frames} frames; positions {bad.tolist()} are outside it")
+        if device is None or str(device) == "cpu":
+            return self.frames[positions]
+        from narrastream.video.device import IndexedFrames
+
+        return IndexedFrames(self.device_frames(device), positions)
+
+    def release_device(self) -> None:
+        """Drop the device copies (the evaluation loop does when a video is done)."""
+        with self._device_lock:
+            self._on_device.clear()
 
     def _check_segment(self, k: int) -> int:
         if not 0 <= k < self.num_segments:

@@ -4,6 +4,7 @@ Importing this package is cheap: timm and open_clip are imported only when a bac
 (``narrastream.metrics.backbones.dino`` / ``.clip``), torchvision only when RAFT is (``.raft``).
 """
 
+from narrastream.metrics.backbones.execution import PRECISIONS, Execution, ExecutionStats
 from narrastream.metrics.backbones.provider import BACKBONES, BackboneProvider, BackboneSpec, ImageEmbedder
 from narrastream.metrics.backbones.raft import FlowEstimator
 from narrastream.metrics.backbones.weights import (
@@ -25,9 +26,12 @@ __all__ = [
     "BackboneProvider",
     "BackboneSpec",
     "ChecksumError",
+    "Execution",
+    "ExecutionStats",
     "FlowEstimator",
     "FolderSpec",
     "ImageEmbedder",
+    "PRECISIONS",
     "WeightSpec",
     "WeightsNotFoundError",
     "file_identity",

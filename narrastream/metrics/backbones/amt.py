@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from narrastream.metrics.backbones.execution import Execution, IndexedFrames, as_device_tensor
 from narrastream.metrics.backbones.weights import load_state_strict
 from narrastream.metrics.functional.motion import prediction_to_uint8
 
@@ -529,52 +530,94 @@ def centred_padding(height: int, width: int, multiple: int) -> tuple[int, int, i
     return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
 
 
+def _is_uint8(frames: Any) -> bool:
+    return frames.dtype in (np.uint8, torch.uint8)
+
+
 class Interpolator:
     """AMT with the official motion_smoothness preprocessing: uint8 RGB pairs in, uint8 middle frames out."""
 
     def __init__(self, module: nn.Module, *, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32, scale: float = 1.0) -> None:
+                 dtype: torch.dtype = torch.float32, scale: float = 1.0, execution: Execution | None = None) -> None:
         if not 0 < scale <= 1:
             raise ValueError(f"scale must be in (0, 1], got {scale}")
         self.module = module.eval()
         self.device = torch.device(device)
         self.dtype = dtype
         self.scale = float(scale)
+        self.execution = execution or Execution(device=self.device, batch_size=DEFAULT_BATCH_SIZE, per_pixels=True)
 
     @property
     def pad_multiple(self) -> int:
         """Inputs are padded to a multiple of ``16 / scale`` (16 at the fixed scale 1)."""
         return int(PAD_BASE / self.scale)
 
-    @torch.inference_mode()
-    def interpolate(self, frames_a: np.ndarray, frames_b: np.ndarray, embt: float = DEFAULT_EMBT,
-                    batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    def _check(self, a: Any, b: Any, embt: float) -> None:
+        if (tuple(a.shape) != tuple(b.shape) or len(a.shape) != 4 or a.shape[-1] != 3
+                or not _is_uint8(a) or not _is_uint8(b)):
+            raise ValueError(f"frames must be two (N, H, W, 3) uint8 arrays of one shape, got {a.dtype} "
+                             f"{tuple(a.shape)} and {b.dtype} {tuple(b.shape)}")
+        if not 0.0 < embt < 1.0:
+            raise ValueError(f"embt must be strictly between 0 and 1, got {embt}")
+
+    def _predict(self, a: Any, b: Any, embt: float, padding: tuple[int, int, int, int]) -> torch.Tensor:
+        """One batch: uint8 ``(n, H, W, 3)`` pairs (any device) -> uint8 predictions ``(n, 3, H, W)`` on the device."""
+        left, right, top, bottom = padding
+        img0, img1 = (
+            F.pad(as_device_tensor(x, self.device).permute(0, 3, 1, 2).float() / 255.0, padding,
+                  mode="replicate").to(self.dtype)
+            for x in (a, b)
+        )
+        prediction = self.module(img0, img1, embt, scale_factor=self.scale)
+        h, w = a.shape[1], a.shape[2]
+        return prediction_to_uint8(prediction[..., top:top + h, left:left + w])
+
+    def interpolate(self, frames_a: Any, frames_b: Any, embt: float = DEFAULT_EMBT,
+                    batch_size: int | None = None) -> np.ndarray:
         """The frames at time ``embt`` between ``frames_a[i]`` and ``frames_b[i]``, ``(N, H, W, 3)`` uint8.
 
         Each frame is divided by 255 (float32), padded with replicated borders (centred) to a
-        multiple of :attr:`pad_multiple`, interpolated in batches of ``batch_size`` pairs, unpadded,
-        and converted back with ``x255``, clip and a truncating cast. Pairs are independent: the
-        batch size changes nothing but the speed (up to float rounding of batched convolutions).
+        multiple of :attr:`pad_multiple`, interpolated in batches of ``batch_size`` pairs (default: the
+        configured one, scaled to the frame size), unpadded, and converted back with ``x255``, clip and a
+        truncating cast. Pairs are independent: the batch size changes nothing but the speed (up to float
+        rounding of batched convolutions). Frames: numpy, tensors on any device, or
+        :class:`~narrastream.metrics.backbones.execution.IndexedFrames`.
         """
-        a, b = np.asarray(frames_a), np.asarray(frames_b)
-        if a.shape != b.shape or a.ndim != 4 or a.shape[-1] != 3 or a.dtype != np.uint8 or b.dtype != np.uint8:
-            raise ValueError(f"frames must be two (N, H, W, 3) uint8 arrays of one shape, got {a.dtype} {a.shape} and {b.dtype} {b.shape}")
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if not 0.0 < embt < 1.0:
-            raise ValueError(f"embt must be strictly between 0 and 1, got {embt}")
+        a = frames_a if isinstance(frames_a, (torch.Tensor, IndexedFrames)) else np.asarray(frames_a)
+        b = frames_b if isinstance(frames_b, (torch.Tensor, IndexedFrames)) else np.asarray(frames_b)
+        self._check(a, b, embt)
         n, h, w, _ = a.shape
-        left, right, top, bottom = centred_padding(h, w, self.pad_multiple)
-        outputs = [np.empty((0, h, w, 3), dtype=np.uint8)]
-        for start in range(0, n, batch_size):
-            pair = [
-                torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])).permute(0, 3, 1, 2).float() / 255.0
-                for x in (a, b)
-            ]
-            img0, img1 = (
-                F.pad(x, (left, right, top, bottom), mode="replicate").to(self.device, self.dtype) for x in pair
-            )
-            prediction = self.module(img0, img1, embt, scale_factor=self.scale)
-            prediction = prediction[..., top:top + h, left:left + w].float().cpu()
-            outputs.append(prediction_to_uint8(prediction).permute(0, 2, 3, 1).numpy())
-        return np.concatenate(outputs)
+        padding = centred_padding(h, w, self.pad_multiple)
+        size = self.execution.batch_for(h, w, requested=batch_size)
+
+        def step(start: int, stop: int) -> np.ndarray:
+            return self._predict(a[start:stop], b[start:stop], embt, padding).permute(0, 2, 3, 1).cpu().numpy()
+
+        with self.execution.running(n):
+            return np.concatenate([np.empty((0, h, w, 3), dtype=np.uint8), *self.execution.map(n, step, size)])
+
+    def frame_errors(self, frames_a: Any, frames_b: Any, targets: Any, embt: float = DEFAULT_EMBT,
+                     batch_size: int | None = None) -> list[float]:
+        """Per pair, the mean absolute difference (0-255) between the interpolated frame and ``targets[i]``:
+        :func:`~narrastream.metrics.functional.motion.frame_abs_errors` of :meth:`interpolate`, computed where
+        the network runs (exact integer sums), so only one number per frame comes back to the host."""
+        a = frames_a if isinstance(frames_a, (torch.Tensor, IndexedFrames)) else np.asarray(frames_a)
+        b = frames_b if isinstance(frames_b, (torch.Tensor, IndexedFrames)) else np.asarray(frames_b)
+        t = targets if isinstance(targets, (torch.Tensor, IndexedFrames)) else np.asarray(targets)
+        self._check(a, b, embt)
+        if tuple(t.shape) != tuple(a.shape) or not _is_uint8(t):
+            raise ValueError(f"targets must be uint8 of the frames' shape {tuple(a.shape)}, got {t.dtype} {tuple(t.shape)}")
+        n, h, w, _ = a.shape
+        padding = centred_padding(h, w, self.pad_multiple)
+        size = self.execution.batch_for(h, w, requested=batch_size)
+
+        def step(start: int, stop: int) -> torch.Tensor:
+            predicted = self._predict(a[start:stop], b[start:stop], embt, padding).permute(0, 2, 3, 1)
+            target = as_device_tensor(t[start:stop], self.device)
+            return (predicted.to(torch.int16) - target.to(torch.int16)).abs().sum(dim=(1, 2, 3), dtype=torch.int64)
+
+        with self.execution.running(n):
+            sums = torch.cat([torch.empty(0, dtype=torch.int64, device=self.device),
+                              *self.execution.map(n, step, size)]).cpu().tolist()
+        count = h * w * 3
+        return [int(total) / count for total in sums]

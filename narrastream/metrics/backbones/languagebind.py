@@ -80,6 +80,7 @@ from torch import nn
 
 from narrastream._compat import ensure_torchvision
 from narrastream.checkpoints import compare_state
+from narrastream.metrics.backbones.execution import Execution
 
 ensure_torchvision()
 from torchvision.transforms import InterpolationMode  # noqa: E402
@@ -612,7 +613,7 @@ class VideoTextEncoder:
     """
 
     def __init__(self, model: LanguageBindVideoModel, tokenizer: Any = None, *, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, execution: Execution | None = None) -> None:
         self.device = torch.device(device)
         self.dtype = dtype
         self.model = model.to(self.device, dtype).eval()
@@ -621,34 +622,37 @@ class VideoTextEncoder:
         self.num_frames = model.arch.num_frames
         self.context_length = model.arch.context_length
         self.image_size = model.arch.image_size
+        self.execution = execution or Execution(device=self.device, batch_size=4)
 
-    @torch.inference_mode()
-    def encode_videos(self, clips: np.ndarray | torch.Tensor, batch_size: int = 4) -> torch.Tensor:
-        """Embeddings ``(N, D)`` of clips ``(N, T, H, W, 3)`` uint8, ``T`` the model's frame count (8)."""
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+    def encode_videos(self, clips: np.ndarray | torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        """Embeddings ``(N, D)`` of clips ``(N, T, H, W, 3)`` uint8, ``T`` the model's frame count (8);
+        ``batch_size`` clips per forward (default: the configured one)."""
         if len(clips) and np.shape(clips)[1] != self.num_frames:
             raise ValueError(f"clips must have {self.num_frames} frames each, got shape {tuple(np.shape(clips))}")
-        outputs = [torch.empty(0, self.dim)]
-        for start in range(0, len(clips), batch_size):
-            pixels = video_preprocess(clips[start:start + batch_size], self.image_size).to(self.device, self.dtype)
-            outputs.append(F.normalize(self.model.video_features(pixels), dim=-1).float().cpu())
-        return torch.cat(outputs)
+        size = self.execution.batch_for(requested=batch_size)
 
-    @torch.inference_mode()
+        def step(start: int, stop: int) -> torch.Tensor:
+            pixels = video_preprocess(clips[start:stop], self.image_size).to(self.device, self.dtype)
+            return F.normalize(self.model.video_features(pixels), dim=-1).float().cpu()
+
+        with self.execution.running(len(clips)):
+            return torch.cat([torch.empty(0, self.dim), *self.execution.map(len(clips), step, size)])
+
     def encode_texts(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
         """Embeddings ``(N, D)`` of strings (cleaned as the official tokenizer, :func:`tokenize`; padded to
         77 tokens, truncated at 77, as the official)."""
         if isinstance(texts, str):
             raise TypeError("encode_texts takes a list of strings")
-        outputs = [torch.empty(0, self.dim)]
-        for start in range(0, len(texts), batch_size):
-            tokens = tokenize(self.tokenizer, list(texts[start:start + batch_size]), self.context_length)
+
+        def step(start: int, stop: int) -> torch.Tensor:
+            tokens = tokenize(self.tokenizer, list(texts[start:stop]), self.context_length)
             ids = tokens["input_ids"].to(self.device)
             mask = tokens.get("attention_mask")
             features = self.model.text_features(ids, mask.to(self.device) if mask is not None else None)
-            outputs.append(F.normalize(features, dim=-1).float().cpu())
-        return torch.cat(outputs)
+            return F.normalize(features, dim=-1).float().cpu()
+
+        with self.execution.running(len(texts)):
+            return torch.cat([torch.empty(0, self.dim), *self.execution.map(len(texts), step, batch_size)])
 
 
 # ------------------------------------------------------------------------------------------ provider

@@ -6,14 +6,18 @@ A :class:`BackboneProvider` is built from the ``backbones`` config section::
     size: full             # random only: full (the official architecture) or tiny (tests)
     seed: 0                # random only
     device: auto           # auto | cpu | cuda | cuda:N
-    precision: auto        # auto (fp16 on CUDA where the official evaluator uses it) | fp32 | fp16
+    precision: auto        # auto (the official: fp16 CLIP on CUDA, else fp32) | fp32 | fp16 | bf16 | tf32,
+                           # or {name: value} per backbone
+    batch_size: {}         # name -> items per forward pass (RAFT, AMT: per 832x480 pair); null/absent: the device's default
+    prefetch_videos: 1     # the evaluation loop decodes this many videos ahead (narrastream.harness.prefetch)
     dir: null              # weights folder (else $NARRASTREAM_WEIGHTS)
     paths: {}              # name -> checkpoint file
     allow_download: true   # fetch a missing checkpoint from its publisher (off: false, or HF_HUB_OFFLINE=1)
 
 ``get(name)`` returns the backbone wrapped for metrics -- an :class:`ImageEmbedder` (``embed``) or, for
 optical flow, a :class:`~narrastream.metrics.backbones.raft.FlowEstimator` (``flow``); ``identity(name)`` what to write in manifests and
-records; ``weights_identity(name)`` what a score depends on (the checkpoint's content sha256, or the
+records; ``runtime()`` what each loaded backbone cost (seconds, peak GPU memory, batch size:
+:mod:`~narrastream.metrics.backbones.execution`); ``weights_identity(name)`` what a score depends on (the checkpoint's content sha256, or the
 random seed and size) without building the network, for cache keys and configuration ids. Random weights are built under a fixed seed on the CPU, so every process, on any device,
 starts from bit-identical weights.
 """
@@ -24,6 +28,7 @@ import difflib
 import importlib
 import logging
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from narrastream.metrics.backbones.execution import PRECISIONS, Execution, Precision, resolved_precision
 from narrastream.metrics.backbones.raft import FlowEstimator
 from narrastream.hashing import sha256_file, sha256_files
 from narrastream.metrics.backbones.weights import (
@@ -52,9 +58,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["fp32", "fp16"]
+#: the precision of the stored weights handed to a backbone's wrapper (bf16 and tf32 run fp32 weights)
+WeightPrecision = Literal["fp32", "fp16"]
 _DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16}
-_CONFIG_KEYS = frozenset({"source", "size", "seed", "device", "precision", "dir", "paths", "allow_download"})
+_CONFIG_KEYS = frozenset({"source", "size", "seed", "device", "precision", "dir", "paths", "allow_download",
+                          "batch_size", "prefetch_videos"})
 
 
 class ImageEmbedder:
@@ -68,31 +76,33 @@ class ImageEmbedder:
         dim: int,
         device: torch.device,
         input_dtype: torch.dtype,
+        execution: Execution | None = None,
     ) -> None:
         self.module = module.eval()
         self.preprocess = preprocess
         self.dim = dim
         self.device = device
         self.input_dtype = input_dtype
+        self.execution = execution or Execution(device=device, batch_size=32)
 
-    @torch.inference_mode()
-    def embed(self, frames: np.ndarray, batch_size: int = 32) -> torch.Tensor:
+    def embed(self, frames: np.ndarray, batch_size: int | None = None) -> torch.Tensor:
         """Features ``(N, D)`` float32 on the CPU for frames ``(N, H, W, 3)`` uint8.
 
         Preprocessing runs on the CPU (the same pixels on every device), the forward pass on
-        ``device`` in batches of ``batch_size``. Features are normalised in the model's precision,
-        then cast to float32, as the official evaluator does.
+        ``device`` in batches of ``batch_size`` (default: the configured ``backbones.batch_size``).
+        Features are normalised in the model's precision, then cast to float32, as the official
+        evaluator does.
         """
         if frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"frames must be (N, H, W, 3), got shape {frames.shape}")
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        outputs = [torch.empty(0, self.dim)]
-        for start in range(0, len(frames), batch_size):
-            pixels = self.preprocess(frames[start:start + batch_size]).to(self.device, self.input_dtype)
-            features = self.module(pixels)
-            outputs.append(F.normalize(features, dim=-1).float().cpu())
-        return torch.cat(outputs)
+        size = self.execution.batch_for(requested=batch_size)
+
+        def step(start: int, stop: int) -> torch.Tensor:
+            pixels = self.preprocess(frames[start:stop]).to(self.device, self.input_dtype)
+            return F.normalize(self.module(pixels), dim=-1).float().cpu()
+
+        with self.execution.running(len(frames)):
+            return torch.cat([torch.empty(0, self.dim), *self.execution.map(len(frames), step, size)])
 
 
 #: what ``BackboneProvider.get`` hands to metrics
@@ -112,8 +122,12 @@ class BackboneSpec:
     half_on_cuda: bool
     build: Callable[[str], nn.Module]
     load: Callable[[Path], nn.Module]
-    #: wraps the loaded model for metrics: an ImageEmbedder, or a FlowEstimator for optical flow
-    embedder: Callable[[nn.Module, torch.device, Precision], Backbone]
+    #: wraps the loaded model for metrics (an ImageEmbedder, a FlowEstimator...), its weights in fp32 or fp16
+    embedder: Callable[[nn.Module, torch.device, WeightPrecision], Backbone]
+    #: items per forward pass: ``(cpu, cuda)`` defaults of ``backbones.batch_size``
+    batch_sizes: tuple[int, int] = (8, 32)
+    #: the network runs at the video's resolution (RAFT, AMT): the batch size is per 832x480 frame
+    per_pixels: bool = False
     #: finds the checkpoint (``path=, weights_dir=, allow_download=``); default: ``resolve_weights``
     #: of ``weights``. Models that are a directory (config, weights, tokenizer) bring their own.
     resolve: Callable[..., Path] | None = None
@@ -141,10 +155,10 @@ def _lazy(module: str, name: str, *bound: Any, **keywords: Any) -> Callable[...,
     return call
 
 
-def _wrapped(module: str, name: str) -> Callable[[nn.Module, torch.device, Precision], Backbone]:
+def _wrapped(module: str, name: str) -> Callable[[nn.Module, torch.device, WeightPrecision], Backbone]:
     """The usual wrapper: ``<name>(model.to(device, dtype), device=, dtype=)`` from ``module``."""
 
-    def wrap(model: nn.Module, device: torch.device, precision: Precision) -> Backbone:
+    def wrap(model: nn.Module, device: torch.device, precision: WeightPrecision) -> Backbone:
         dtype = _DTYPES[precision]
         wrapper = getattr(importlib.import_module(f"narrastream.metrics.backbones.{module}"), name)
         return wrapper(model.to(device, dtype), device=device, dtype=dtype)
@@ -158,14 +172,14 @@ def _load_dino(path: Path) -> nn.Module:
     return load_dino_checkpoint(build_dino_vit("vitb16"), path)
 
 
-def _dino_embedder(model: nn.Module, device: torch.device, precision: Precision) -> ImageEmbedder:
+def _dino_embedder(model: nn.Module, device: torch.device, precision: WeightPrecision) -> ImageEmbedder:
     from narrastream.metrics.backbones.dino import dino_preprocess
 
     dtype = _DTYPES[precision]
     return ImageEmbedder(model.to(device, dtype), dino_preprocess, dim=model.embed_dim, device=device, input_dtype=dtype)
 
 
-def _clip_embedder(model: nn.Module, device: torch.device, precision: Precision) -> ImageEmbedder:
+def _clip_embedder(model: nn.Module, device: torch.device, precision: WeightPrecision) -> ImageEmbedder:
     from narrastream.metrics.backbones.clip import clip_preprocess, set_clip_precision
 
     visual = set_clip_precision(model, precision).visual.to(device)
@@ -180,7 +194,7 @@ def _build_languagebind(arch: str) -> nn.Module:
     return build_languagebind("full" if arch == "video_ft" else arch)
 
 
-def _languagebind_encoder(model: nn.Module, device: torch.device, precision: Precision) -> Backbone:
+def _languagebind_encoder(model: nn.Module, device: torch.device, precision: WeightPrecision) -> Backbone:
     from narrastream.metrics.backbones.languagebind import VideoTextEncoder
 
     return VideoTextEncoder(model, device=device, dtype=_DTYPES[precision])
@@ -210,6 +224,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         build=_lazy("dino", "build_dino_vit"),
         load=_load_dino,
         embedder=_dino_embedder,
+        batch_sizes=(32, 64),
     ),
     "clip_vitb32": BackboneSpec(
         weights=WEIGHTS["clip_vitb32"],
@@ -219,6 +234,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         build=_lazy("clip", "build_clip_vit"),
         load=_lazy("clip", "load_clip_checkpoint", precision="fp32", device="cpu"),
         embedder=_clip_embedder,
+        batch_sizes=(32, 64),
     ),
     "raft_things": BackboneSpec(
         weights=WEIGHTS["raft_things"],
@@ -228,6 +244,8 @@ BACKBONES: dict[str, BackboneSpec] = {
         build=_lazy("raft", "build_raft"),
         load=_lazy("raft", "load_raft_checkpoint", "large"),
         embedder=_wrapped("raft", "FlowEstimator"),
+        batch_sizes=(8, 32),  # 32 pairs at 832x480: about 8 GB of correlation volumes
+        per_pixels=True,
     ),
     "amt_s": BackboneSpec(
         weights=WEIGHTS["amt_s"],
@@ -237,6 +255,8 @@ BACKBONES: dict[str, BackboneSpec] = {
         build=_lazy("amt", "build_amt"),
         load=_lazy("amt", "load_amt_checkpoint", "s"),
         embedder=_wrapped("amt", "Interpolator"),
+        batch_sizes=(4, 16),
+        per_pixels=True,
     ),
     "vtss_koala": BackboneSpec(
         weights=WEIGHTS["vtss_koala"],
@@ -246,6 +266,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         build=_lazy("vtss", "build_vtss"),
         load=_lazy("vtss", "load_vtss_checkpoint", "full"),
         embedder=_wrapped("vtss", "QualityScorer"),
+        batch_sizes=(4, 8),  # clips of 32 x 224^2; a segment has 4
     ),
     "languagebind_video": BackboneSpec(
         weights=WEIGHTS["languagebind_video"],
@@ -257,6 +278,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         embedder=_languagebind_encoder,
         resolve=_resolve_languagebind,
         files=_languagebind_files,
+        batch_sizes=(4, 8),  # clips of 8 frames; a video has 6
     ),
 }
 
@@ -277,7 +299,13 @@ class BackboneProvider:
         self.source: str = config.get("source", "files")
         self.size: str = config.get("size", "full")
         self.seed: int = int(config.get("seed", 0))
-        self.precision: str = config.get("precision", "auto")
+        precision = config.get("precision", "auto")
+        #: ``backbones.precision``: one value for every backbone, or ``{name: value}`` (others: auto)
+        self.precision: str | dict[str, str] = dict(precision) if isinstance(precision, Mapping) else str(precision)
+        sizes = config.get("batch_size") or {}
+        if not isinstance(sizes, Mapping):
+            raise ValueError(f"backbones.batch_size must be a mapping of backbone name to a positive integer, got {sizes!r}")
+        self.batch_sizes: dict[str, int] = {str(k): v for k, v in sizes.items() if v is not None}
         self.weights_dir: str | None = config.get("dir")
         self.paths: dict[str, str] = dict(config.get("paths") or {})
         self.allow_download: bool = bool(config.get("allow_download", True))
@@ -287,15 +315,21 @@ class BackboneProvider:
             raise ValueError(f"backbones.size must be 'full' or 'tiny', got {self.size!r}")
         if self.source == "files" and self.size != "full":
             raise ValueError("backbones.size=tiny needs source=random: checkpoint files are the official architectures")
-        if self.precision not in ("auto", *_DTYPES):
-            raise ValueError(f"backbones.precision must be auto, fp32 or fp16, got {self.precision!r}")
-        for name in self.paths:
+        for value in (self.precision.values() if isinstance(self.precision, dict) else [self.precision]):
+            if value not in ("auto", *PRECISIONS):
+                raise ValueError(f"backbones.precision must be auto, {', '.join(PRECISIONS)} (or a mapping of "
+                                 f"backbone name to one of them), got {value!r}")
+        for name, size in self.batch_sizes.items():
+            if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+                raise ValueError(f"backbones.batch_size.{name}={size!r}: must be a positive integer")
+        for name in [*self.paths, *self.batch_sizes, *(self.precision if isinstance(self.precision, dict) else [])]:
             self._spec(name)
         device = config.get("device", "auto")
         self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
         self._embedders: dict[str, Backbone] = {}
         self._identities: dict[str, dict[str, Any]] = {}
         self._weights: dict[str, str] = {}
+        self._load_seconds: dict[str, float] = {}
         self._lock = threading.RLock()  # get() holds it while loading, which asks weights_identity()
 
     @staticmethod
@@ -311,15 +345,37 @@ class BackboneProvider:
         return spec
 
     def precision_of(self, name: str) -> Precision:
-        """The precision backbone ``name`` runs in on this provider's device (``auto`` resolved), without
-        building it: part of a record's configuration, since fp16 CLIP on CUDA and fp32 CLIP on the CPU
-        give different scores."""
-        return self._precision(self._spec(name))
+        """The precision backbone ``name`` runs in on this provider's device (``auto`` resolved, ``tf32`` off
+        CUDA is ``fp32``), without building it: part of a record's configuration and cache key, since fp16
+        CLIP on CUDA and fp32 CLIP on the CPU give different scores
+        (:func:`~narrastream.metrics.backbones.execution.resolved_precision`)."""
+        spec = self._spec(name)
+        requested = self.precision.get(name, "auto") if isinstance(self.precision, dict) else self.precision
+        return resolved_precision(requested, self.device, spec.half_on_cuda)
 
-    def _precision(self, spec: BackboneSpec) -> Precision:
-        if self.precision != "auto":
-            return self.precision  # type: ignore[return-value]
-        return "fp16" if spec.half_on_cuda and self.device.type == "cuda" else "fp32"
+    def batch_size_of(self, name: str) -> int:
+        """Items per forward pass of ``name`` (``backbones.batch_size``, else its default on this device);
+        for RAFT and AMT per 832x480 frame pair (smaller frames go in proportionally larger batches)."""
+        spec = self._spec(name)
+        return int(self.batch_sizes.get(name, spec.batch_sizes[1 if self.device.type == "cuda" else 0]))
+
+    def runtime(self) -> dict[str, dict[str, Any]]:
+        """What each backbone loaded in this process cost so far, for the run manifest: ``{name: {seconds,
+        calls, items, forwards, peak_memory_bytes (None off CUDA), max_batch, oom_halvings, load_seconds,
+        batch_size, batch_size_per, precision, device}}`` (``seconds``: wall time of its calls, preprocessing
+        and transfers included; ``load_seconds``: building or loading it, once)."""
+        with self._lock:
+            loaded = dict(self._embedders)
+        out = {}
+        for name, backbone in sorted(loaded.items()):
+            execution: Execution | None = getattr(backbone, "execution", None)
+            if execution is None:
+                continue
+            out[name] = {**execution.stats.to_dict(), "load_seconds": round(self._load_seconds.get(name, 0.0), 4),
+                         "batch_size": execution.batch_size,
+                         "batch_size_per": "832x480 frame" if execution.per_pixels else "item",
+                         "precision": execution.precision, "device": str(execution.device)}
+        return out
 
     def get(self, name: str) -> Backbone:
         """The loaded backbone ``name``, wrapped for metrics (loaded on the first call, then shared)."""
@@ -330,7 +386,8 @@ class BackboneProvider:
         return self._embedders[name]
 
     def _load(self, name: str, spec: BackboneSpec) -> Backbone:
-        precision = self._precision(spec)
+        started = time.perf_counter()
+        precision = self.precision_of(name)
         architecture = spec.architectures[self.size]
         identity: dict[str, Any] = {"name": name, "architecture": f"{spec.family}-{architecture}", "source": self.source}
         if self.source == "random":
@@ -347,8 +404,12 @@ class BackboneProvider:
             identity.update(file_identity(path), seed=None)
             log.info("backbone %s: loaded %s", name, path)
         identity["weights"] = self.weights_identity(name)
-        embedder = spec.embedder(model, self.device, precision)
-        identity.update(device=str(self.device), dtype=str(_DTYPES[precision]).removeprefix("torch."))
+        weights: WeightPrecision = "fp16" if precision == "fp16" else "fp32"
+        embedder = spec.embedder(model, self.device, weights)
+        embedder.execution = Execution(device=self.device, precision=precision, batch_size=self.batch_size_of(name),
+                                       per_pixels=spec.per_pixels)
+        identity.update(device=str(self.device), dtype=str(_DTYPES[weights]).removeprefix("torch."), precision=precision)
+        self._load_seconds[name] = time.perf_counter() - started
         self._identities[name] = identity
         return embedder
 

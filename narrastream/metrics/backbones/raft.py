@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from narrastream.metrics.backbones.execution import Execution, as_device_tensor
+
 #: architectures of :func:`build_raft`
 RAFT_ARCHITECTURES: tuple[str, ...] = ("large", "tiny")
 #: RAFT predicts flow at 1/8 resolution: inputs are padded to a multiple of this
@@ -239,35 +241,46 @@ def sintel_padding(height: int, width: int, multiple: int = PAD_MULTIPLE) -> tup
 class FlowEstimator:
     """RAFT with the official preprocessing: uint8 RGB frames in, float32 flow in pixels out."""
 
-    def __init__(self, module: nn.Module, *, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, module: nn.Module, *, device: torch.device, dtype: torch.dtype = torch.float32,
+                 execution: Execution | None = None) -> None:
         self.module = module.eval()
         self.device = device
         self.dtype = dtype
+        self.execution = execution or Execution(device=device, batch_size=8, per_pixels=True)
 
-    def _pixels(self, frames: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # [0, 255]
-        return x
+    def _pixels(self, frames: Any, padding: tuple[int, int, int, int]) -> torch.Tensor:
+        """``(n, H, W, 3)`` frames (numpy or a tensor on any device, [0, 255]) -> padded ``2 x / 255 - 1`` on the
+        device: the frames travel as they are (uint8) and are converted where the network runs."""
+        x = as_device_tensor(frames, self.device).permute(0, 3, 1, 2).float()  # [0, 255]
+        if any(padding):
+            x = F.pad(x, padding, mode="replicate")
+        return (2.0 * (x / 255.0) - 1.0).to(self.dtype)
 
-    @torch.inference_mode()
-    def flow(self, images_a: np.ndarray, images_b: np.ndarray, iters: int = 20, batch_size: int = 8) -> torch.Tensor:
+    def flow(self, images_a: Any, images_b: Any, iters: int = 20, batch_size: int | None = None, *,
+             keep_on_device: bool = False) -> torch.Tensor:
         """Flow ``(N, 2, H, W)`` (x, y displacement in pixels) from ``images_a[i]`` to ``images_b[i]``.
 
-        Frames are ``(N, H, W, 3)`` uint8 RGB at full resolution. Each pair is padded to a multiple
-        of 8 with replicate ("sintel") padding, scaled as RAFT does (``2 x / 255 - 1``), run for
-        ``iters`` refinement steps; the final upsampled flow is unpadded and returned on the CPU.
+        Frames are ``(N, H, W, 3)`` RGB at full resolution, uint8 (numpy, a tensor on any device, or
+        :class:`~narrastream.metrics.backbones.execution.IndexedFrames`). Each pair is padded to a multiple
+        of 8 with replicate ("sintel") padding, scaled as RAFT does (``2 x / 255 - 1``), run for ``iters``
+        refinement steps; the final upsampled flow is unpadded and returned on the CPU (on the device with
+        ``keep_on_device``). ``batch_size`` pairs per forward (default: the configured one, scaled to the
+        frame size: :meth:`~narrastream.metrics.backbones.execution.Execution.batch_for`).
         """
-        if images_a.shape != images_b.shape or images_a.ndim != 4 or images_a.shape[-1] != 3:
-            raise ValueError(f"frames must be two (N, H, W, 3) arrays of one shape, got {images_a.shape} and {images_b.shape}")
-        if iters <= 0 or batch_size <= 0:
-            raise ValueError(f"iters and batch_size must be positive, got {iters} and {batch_size}")
+        if tuple(images_a.shape) != tuple(images_b.shape) or len(images_a.shape) != 4 or images_a.shape[-1] != 3:
+            raise ValueError(f"frames must be two (N, H, W, 3) arrays of one shape, got {tuple(images_a.shape)} "
+                             f"and {tuple(images_b.shape)}")
+        if iters <= 0:
+            raise ValueError(f"iters must be positive, got {iters}")
         n, h, w, _ = images_a.shape
         left, right, top, bottom = sintel_padding(h, w)
-        outputs = [torch.empty(0, 2, h, w)]
-        for start in range(0, n, batch_size):
-            pair = [self._pixels(x[start:start + batch_size]) for x in (images_a, images_b)]
-            pair = [F.pad(x, (left, right, top, bottom), mode="replicate") if (left + right + top + bottom) else x for x in pair]
-            a, b = (2.0 * (x / 255.0) - 1.0 for x in pair)
-            predictions = self.module(a.to(self.device, self.dtype), b.to(self.device, self.dtype), num_flow_updates=int(iters))
-            flow = predictions[-1].float().cpu()
-            outputs.append(flow[..., top:top + h, left:left + w])
-        return torch.cat(outputs)
+        size = self.execution.batch_for(h, w, requested=batch_size)
+        out_device = self.device if keep_on_device else torch.device("cpu")
+
+        def step(start: int, stop: int) -> torch.Tensor:
+            a, b = (self._pixels(x[start:stop], (left, right, top, bottom)) for x in (images_a, images_b))
+            predictions = self.module(a, b, num_flow_updates=int(iters))
+            return predictions[-1].float()[..., top:top + h, left:left + w].to(out_device)
+
+        with self.execution.running(n):
+            return torch.cat([torch.empty(0, 2, h, w, device=out_device), *self.execution.map(n, step, size)])

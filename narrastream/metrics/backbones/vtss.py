@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from narrastream.metrics.backbones.execution import Execution, as_device_tensor
 from narrastream.metrics.backbones.weights import load_state_strict
 
 #: the checkpoint stores the weights under this key
@@ -335,33 +336,38 @@ def load_vtss_checkpoint(path: Path | str, arch: str = "full") -> VTSSEvaluator:
 class QualityScorer:
     """VTSS with the official input handling: assembled uint8 fragments in, the raw score out."""
 
-    def __init__(self, module: nn.Module, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, module: nn.Module, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 execution: Execution | None = None) -> None:
         self.module = module.eval()
         self.device = torch.device(device)
         self.dtype = dtype
+        self.execution = execution or Execution(device=self.device, batch_size=4)
 
     @staticmethod
-    def normalise(clips: np.ndarray) -> torch.Tensor:
-        """``(K, T, S, S, 3)`` uint8 -> ``(K, 3, T, S, S)`` float32, ``(x - MEAN) / STD`` per channel."""
-        x = torch.from_numpy(np.ascontiguousarray(clips)).float()
-        x = (x - torch.tensor(MEAN)) / torch.tensor(STD)
+    def normalise(clips: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``(K, T, S, S, 3)`` uint8 -> ``(K, 3, T, S, S)`` float32, ``(x - MEAN) / STD`` per channel, on the
+        clips' device (the same float32 operations everywhere)."""
+        x = clips if isinstance(clips, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(clips))
+        x = x.float()
+        x = (x - torch.tensor(MEAN, device=x.device)) / torch.tensor(STD, device=x.device)
         return x.permute(0, 4, 1, 2, 3).contiguous()
 
-    @torch.inference_mode()
-    def quality_maps(self, clips: np.ndarray, batch_size: int = 4) -> list[torch.Tensor]:
-        """One float32 CPU quality map ``(1, T/2, S/32, S/32)`` per clip."""
+    def quality_maps(self, clips: np.ndarray, batch_size: int | None = None) -> list[torch.Tensor]:
+        """One float32 CPU quality map ``(1, T/2, S/32, S/32)`` per clip; ``batch_size`` clips per forward
+        (default: the configured one). The uint8 clips travel to the device, normalised there."""
         clips = np.asarray(clips)
         if clips.ndim != 5 or clips.shape[-1] != 3 or clips.dtype != np.uint8:
             raise ValueError(f"clips must be a (K, T, S, S, 3) uint8 array, got {clips.dtype} {clips.shape}")
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        maps: list[torch.Tensor] = []
-        for start in range(0, len(clips), batch_size):
-            x = self.normalise(clips[start:start + batch_size]).to(self.device, self.dtype)
-            maps.extend(self.module(x).float().cpu())
-        return maps
+        size = self.execution.batch_for(requested=batch_size)
 
-    def score(self, clips: np.ndarray, batch_size: int = 4) -> float:
+        def step(start: int, stop: int) -> list[torch.Tensor]:
+            x = self.normalise(as_device_tensor(clips[start:stop], self.device)).to(self.dtype)
+            return list(self.module(x).float().cpu())
+
+        with self.execution.running(len(clips)):
+            return [m for maps in self.execution.map(len(clips), step, size) for m in maps]
+
+    def score(self, clips: np.ndarray, batch_size: int | None = None) -> float:
         """The raw VTSS score: the mean of the quality map over all clips (all maps have one size)."""
         maps = self.quality_maps(clips, batch_size)
         if not maps:

@@ -66,7 +66,8 @@ def backward_warp(image: torch.Tensor, flow: torch.Tensor) -> tuple[torch.Tensor
     if image.ndim != 4 or flow.ndim != 4 or flow.shape[1] != 2 or image.shape[-2:] != flow.shape[-2:]:
         raise ValueError(f"need image (N, C, H, W) and flow (N, 2, H, W), got {tuple(image.shape)} and {tuple(flow.shape)}")
     n, _, h, w = flow.shape
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=flow.dtype), torch.arange(w, dtype=flow.dtype), indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=flow.dtype, device=flow.device),
+                            torch.arange(w, dtype=flow.dtype, device=flow.device), indexing="ij")
     x = xs + flow[:, 0]
     y = ys + flow[:, 1]
     in_bounds = (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)
@@ -131,10 +132,26 @@ def masked_percentile(values: torch.Tensor, mask: torch.Tensor, q: float) -> flo
         >>> round(masked_percentile(torch.tensor([0.0, 1.0, 5.0]), torch.tensor([True, True, False]), 0.9), 6)
         0.9
     """
+    if values.device.type != "cpu":
+        return _device_percentile(values[mask].detach().float(), q)
     selected = values[mask].detach().cpu().numpy().astype(np.float32, copy=False)
     if selected.size == 0:
         raise ValueError("percentile over an empty mask")
     return float(np.percentile(selected, 100.0 * q))
+
+
+def _device_percentile(selected: torch.Tensor, q: float) -> float:
+    """``np.percentile(selected, 100 q)`` (float32, linear) with the sort on the device: only the two order
+    statistics come to the host, where numpy interpolates them exactly as it would the whole array."""
+    n = selected.numel()
+    if n == 0:
+        raise ValueError("percentile over an empty mask")
+    position = (n - 1) * ((100.0 * q) / 100.0)  # numpy's virtual index (percent -> fraction, times n - 1)
+    lower = min(int(math.floor(position)), n - 1)
+    upper = min(lower + 1, n - 1)
+    ordered = torch.sort(selected.reshape(-1)).values
+    pair = ordered[[lower, upper]].cpu().numpy().astype(np.float32, copy=False)
+    return float(np.quantile(pair, position - lower))
 
 
 def pair_flicker_error(
@@ -168,22 +185,59 @@ def pair_flicker_error(
         >>> error, info["mask"], info["in_bounds_ratio"]
         (0.0, 'consistency', 0.8)
     """
-    ya = luma_a.reshape(1, 1, *luma_a.shape[-2:]).float()
-    yb = luma_b.reshape(1, 1, *luma_b.shape[-2:]).float()
-    fw = forward.reshape(1, 2, *forward.shape[-2:]).float()
-    bw = backward.reshape(1, 2, *backward.shape[-2:]).float()
+    ya = luma_a.reshape(1, 1, *luma_a.shape[-2:])
+    yb = luma_b.reshape(1, 1, *luma_b.shape[-2:])
+    fw = forward.reshape(1, 2, *forward.shape[-2:])
+    bw = backward.reshape(1, 2, *backward.shape[-2:])
+    return pair_flicker_errors(ya, yb, fw, bw, alpha=alpha, beta=beta, min_mask_ratio=min_mask_ratio,
+                               quantile=quantile)[0]
+
+
+def pair_flicker_errors(
+    luma_a: torch.Tensor,
+    luma_b: torch.Tensor,
+    forward: torch.Tensor,
+    backward: torch.Tensor,
+    *,
+    alpha: float,
+    beta: float,
+    min_mask_ratio: float,
+    quantile: float,
+) -> list[tuple[float | None, dict[str, Any]]]:
+    r""":func:`pair_flicker_error` of ``N`` pairs at once, on the tensors' device (one warp for all pairs; the
+    same per-pixel operations, so the same numbers up to float rounding; only per-pair statistics reach the host).
+
+    Args:
+        luma_a, luma_b: ``(N, 1, H, W)`` luma on the 0-255 scale.
+        forward, backward: ``(N, 2, H, W)`` flows a->b and b->a.
+
+    Example:
+        >>> ya = torch.arange(5.0).repeat(3, 1).view(1, 1, 3, 5) * 10
+        >>> fw = torch.zeros(1, 2, 3, 5); fw[:, 0] = 1.0
+        >>> [(e, i["mask"]) for e, i in pair_flicker_errors(ya, ya.roll(1, -1), fw, -fw, alpha=0.01, beta=0.5,
+        ...                                                  min_mask_ratio=0.05, quantile=0.9)]
+        [(0.0, 'consistency')]
+    """
+    ya, yb, fw, bw = (x.float() for x in (luma_a, luma_b, forward, backward))
+    if len(fw) == 0:
+        return []
     warped, in_bounds = backward_warp(torch.cat((yb, bw), dim=1), fw)
     residual = (ya - warped[:, :1]).abs() / 255.0
     consistency = fb_consistency_mask(fw, warped[:, 1:], in_bounds, alpha, beta)
-    mask, source = select_valid_mask(consistency, in_bounds, min_mask_ratio)
-    info: dict[str, Any] = {
-        "mask": source,
-        "consistency_ratio": float(consistency.double().mean().item()),
-        "in_bounds_ratio": float(in_bounds.double().mean().item()),
-    }
-    if mask is None:
-        return None, info
-    return masked_percentile(residual[:, 0], mask, quantile), info
+    consistency_ratios = consistency.flatten(1).double().mean(dim=1).tolist()
+    in_bounds_ratios = in_bounds.flatten(1).double().mean(dim=1).tolist()
+    out: list[tuple[float | None, dict[str, Any]]] = []
+    for i, (c_ratio, b_ratio) in enumerate(zip(consistency_ratios, in_bounds_ratios)):
+        info: dict[str, Any] = {"consistency_ratio": float(c_ratio), "in_bounds_ratio": float(b_ratio)}
+        if c_ratio >= min_mask_ratio:  # select_valid_mask, from the ratios already computed
+            mask, info["mask"] = consistency[i], "consistency"
+        elif b_ratio > 0:
+            mask, info["mask"] = in_bounds[i], "in_bounds"
+        else:
+            out.append((None, {"mask": "skipped", **info}))
+            continue
+        out.append((masked_percentile(residual[i, 0], mask, quantile), {"mask": info.pop("mask"), **info}))
+    return out
 
 
 def segment_raw_error(pair_errors: Sequence[float], quantile: float) -> float | None:

@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     from narrastream.video.segments import SegmentedVideo
 
 REQUIRED_PARAMS: tuple[str, ...] = ("backbone", "num_frames", "center", "temp", "tau_on", "tau_off")
-DEFAULT_BATCH_SIZE = 4
 
 
 class DynamicTrajectory(Metric):
@@ -64,7 +63,7 @@ class DynamicTrajectory(Metric):
         frames = [linspace_indices(video.segment_lengths[k], num_frames) for k in range(n)]
         clips = np.stack([video.frames_at(k, frames[k]) for k in range(n)])
         encoder = ctx.backbones.get(p["backbone"])
-        batch_size = int(p.get("batch_size", DEFAULT_BATCH_SIZE))
+        batch_size = self.batch_size
         video_embeddings = encoder.encode_videos(clips, batch_size=batch_size)
         text_embeddings = encoder.encode_texts(prompts[:n])
 

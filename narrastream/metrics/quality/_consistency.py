@@ -24,7 +24,6 @@ FORMULA_PARAMS: tuple[str, ...] = (
     "local_weight", "inter_weight", "inter_adjacent_weight", "inter_anchor_weight", "intra_quantile", "inter_quantile",
 )
 REQUIRED_PARAMS: tuple[str, ...] = ("backbone", "positions", *FORMULA_PARAMS)
-DEFAULT_BATCH_SIZE = 32
 
 
 class ConsistencyMetric(Metric):
@@ -42,7 +41,7 @@ class ConsistencyMetric(Metric):
         if not sampled:
             return MetricResult.failed("no frame to sample in any segment")
         features = ctx.backbones.get(backbone).embed(
-            np.concatenate(sampled), batch_size=int(self.params.get("batch_size", DEFAULT_BATCH_SIZE))
+            np.concatenate(sampled), batch_size=self.batch_size
         )
         per_segment = list(features.split([len(idx) for idx in indices]))
         weights, weight_fallback = resolve_segment_weights(ctx.segment_weights, video.num_segments)

@@ -7,7 +7,9 @@ compared with the real odd frame between the pair, giving 79 frames for a 160-fr
 last odd frame has no right neighbour). The segment's raw error is the mean over those frames of
 the mean absolute pixel difference (0-255), its score ``exp(-raw / tau)`` with ``tau = 3.0`` from
 the protocol YAML (the official code's default, 3.5, is not what it runs with)
-(:mod:`narrastream.metrics.functional.motion`).
+(:mod:`narrastream.metrics.functional.motion`). The interpolations of all segments go through AMT in one
+call (batched by ``backbones.batch_size``); on a GPU the frames are gathered there and each frame's error
+is summed there (exact integers), so one number per frame comes back to the host.
 
 A segment with at most one even frame (fewer than 3 frames, e.g. the 1-frame tail of a 961-frame
 video) has nothing to interpolate: as in the official code it is **kept** with raw 0 and score 1.0,
@@ -21,8 +23,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
+
 from narrastream.metrics.base import Metric, MetricContext, MetricResult
-from narrastream.metrics.functional.motion import even_frame_count, frame_abs_errors, motion_score, segment_raw_error
+from narrastream.metrics.functional.motion import even_frame_count, motion_score, segment_raw_error
 from narrastream.protocol.pooling import resolve_segment_weights, weighted_mean
 from narrastream.video.samplers import interpolation_triplets
 
@@ -32,7 +36,6 @@ if TYPE_CHECKING:
 REQUIRED_PARAMS: tuple[str, ...] = ("backbone", "tau")
 #: the time of the predicted frame between two even frames
 EMBT = 0.5
-DEFAULT_BATCH_SIZE = 4
 
 
 class MotionSmoothness(Metric):
@@ -47,16 +50,30 @@ class MotionSmoothness(Metric):
     def compute(self, video: "SegmentedVideo", ctx: MetricContext) -> MetricResult:
         p = self.params
         tau = float(p["tau"])
-        batch_size = int(p.get("batch_size", DEFAULT_BATCH_SIZE))
-        interpolator = None
+        counts = [len(interpolation_triplets(n)) for n in video.segment_lengths]
+        # every interpolation of every segment in one call: even frames 0..2K of a segment, odd targets 1..2K-1
+        firsts, seconds, targets = ([np.empty(0, np.int64)] for _ in range(3))
+        for k, count in enumerate(counts):
+            if count:
+                firsts.append(video.positions(k, range(0, 2 * count, 2)))
+                seconds.append(video.positions(k, range(2, 2 * count + 1, 2)))
+                targets.append(video.positions(k, range(1, 2 * count, 2)))
+        all_errors: list[float] = []
+        if sum(counts):
+            interpolator = ctx.backbones.get(p["backbone"])
+            device = getattr(interpolator, "device", None)
+            all_errors = interpolator.frame_errors(
+                *(video.take(np.concatenate(x), device) for x in (firsts, seconds, targets)),
+                embt=EMBT, batch_size=self.batch_size,
+            )
         items: list[dict[str, Any]] = []
         fallbacks: list[str] = []
         scores: list[float] = []
-        for k, n in enumerate(video.segment_lengths):
-            triplets = interpolation_triplets(n)
-            item: dict[str, Any] = {"segment": k, "num_frames": n, "interpolations": len(triplets)}
+        offset = 0
+        for k, (n, count) in enumerate(zip(video.segment_lengths, counts)):
+            item: dict[str, Any] = {"segment": k, "num_frames": n, "interpolations": count}
             items.append(item)
-            if not triplets:
+            if not count:
                 raw = segment_raw_error([])
                 fallbacks.append(
                     f"segment {k}: {n} frame(s), {even_frame_count(n)} even frame(s): nothing to interpolate, "
@@ -65,14 +82,8 @@ class MotionSmoothness(Metric):
                 item.update(status="fallback", raw_error=raw, score=motion_score(raw, tau), frame_errors=[])
                 scores.append(item["score"])
                 continue
-            if interpolator is None:
-                interpolator = ctx.backbones.get(p["backbone"])
-            frames = video.segment(k)
-            count = len(triplets)  # even frames 0..2K, odd targets 1..2K-1
-            predicted = interpolator.interpolate(
-                frames[0:2 * count:2], frames[2:2 * count + 1:2], embt=EMBT, batch_size=batch_size
-            )
-            errors = frame_abs_errors(frames[1:2 * count:2], predicted)
+            errors = all_errors[offset:offset + count]
+            offset += count
             raw = segment_raw_error(errors)
             item.update(status="ok", raw_error=raw, score=motion_score(raw, tau), frame_errors=errors)
             scores.append(item["score"])

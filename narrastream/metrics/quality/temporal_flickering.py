@@ -1,7 +1,9 @@
 """temporal_flickering (protocol §2.1.3): photometric error of RAFT-warped frames, per segment.
 
 Per segment: 8 uniformly sampled frames (``round(i (n-1)/7)``, deduplicated), 7 consecutive pairs,
-forward and backward RAFT flow for each (all pairs of all segments in one batched call). Each pair's
+forward and backward RAFT flow for each (all pairs of all segments in one call, batched by
+``backbones.batch_size``; on a GPU the frames are gathered on the device and the warps, masks and
+percentiles of all pairs computed there). Each pair's
 error is the p90 of the luma residual over its valid mask (forward-backward consistent pixels, or --
 when fewer than 5 % are -- the in-bounds pixels, recorded as a fallback); the segment's raw error is
 the p84 of its pair errors and its score ``exp(-raw / 0.5)``
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from narrastream.metrics.base import Metric, MetricContext, MetricResult
-from narrastream.metrics.functional.flicker import flicker_score, luma, pair_flicker_error, segment_raw_error
+from narrastream.metrics.functional.flicker import flicker_score, luma, pair_flicker_errors, segment_raw_error
 from narrastream.protocol.pooling import resolve_segment_weights, weighted_mean
 from narrastream.video.samplers import uniform_indices
 
@@ -36,7 +38,6 @@ REQUIRED_PARAMS: tuple[str, ...] = (
     "backbone", "num_frames", "raft_iters", "fb_consistency_alpha", "fb_consistency_beta",
     "min_mask_ratio", "pair_quantile", "segment_quantile", "tau",
 )
-DEFAULT_BATCH_SIZE = 8
 
 
 class TemporalFlickering(Metric):
@@ -51,37 +52,41 @@ class TemporalFlickering(Metric):
     def compute(self, video: "SegmentedVideo", ctx: MetricContext) -> MetricResult:
         p = self.params
         indices = [uniform_indices(n, int(p["num_frames"])) for n in video.segment_lengths]
-        sampled = [video.frames_at(k, idx) for k, idx in enumerate(indices)]
-        firsts = [frames[:-1] for frames in sampled if len(frames) >= 2]
-        seconds = [frames[1:] for frames in sampled if len(frames) >= 2]
-        flows = None
-        if firsts:
-            a, b = np.concatenate(firsts), np.concatenate(seconds)
-            flows = ctx.backbones.get(p["backbone"]).flow(
-                np.concatenate((a, b)), np.concatenate((b, a)),
-                iters=int(p["raft_iters"]), batch_size=int(p.get("batch_size", DEFAULT_BATCH_SIZE)),
+        paired = [k for k, idx in enumerate(indices) if len(idx) >= 2]
+        # video-wide positions of every pair's first and second frame, all segments in order
+        firsts = np.concatenate([video.positions(k, indices[k][:-1]) for k in paired] or [np.empty(0, np.int64)])
+        seconds = np.concatenate([video.positions(k, indices[k][1:]) for k in paired] or [np.empty(0, np.int64)])
+        errors_of_pairs: list[tuple[float | None, dict[str, Any]]] = []
+        if len(firsts):
+            raft = ctx.backbones.get(p["backbone"])
+            device = getattr(raft, "device", None)  # the frames go to the device once; pairs are gathered there
+            flows = raft.flow(
+                video.take(np.concatenate((firsts, seconds)), device), video.take(np.concatenate((seconds, firsts)), device),
+                iters=int(p["raft_iters"]), batch_size=self.batch_size, keep_on_device=True,
             )
-            forward, backward = flows.split(len(a))
+            forward, backward = flows.split(len(firsts))
+            frames_a, frames_b = video.take(firsts, device), video.take(seconds, device)
+            errors_of_pairs = pair_flicker_errors(
+                luma(frames_a[0:len(firsts)]).to(forward.device), luma(frames_b[0:len(seconds)]).to(forward.device),
+                forward, backward,
+                alpha=float(p["fb_consistency_alpha"]), beta=float(p["fb_consistency_beta"]),
+                min_mask_ratio=float(p["min_mask_ratio"]), quantile=float(p["pair_quantile"]),
+            )
         items: list[dict[str, Any]] = []
         fallbacks: list[str] = []
         kept_scores: list[float] = []
         kept_segments: list[int] = []
         offset = 0
-        for k, (idx, frames) in enumerate(zip(indices, sampled)):
+        for k, idx in enumerate(indices):
             item: dict[str, Any] = {"segment": k, "frames": list(idx)}
             items.append(item)
-            if len(frames) < 2:
-                item.update(status="omitted", reason=f"{len(frames)} sampled frame(s): no pair")
+            if len(idx) < 2:
+                item.update(status="omitted", reason=f"{len(idx)} sampled frame(s): no pair")
                 continue
-            y = luma(frames)
             pairs: list[dict[str, Any]] = []
             errors: list[float] = []
-            for i in range(len(frames) - 1):
-                error, info = pair_flicker_error(
-                    y[i], y[i + 1], forward[offset + i], backward[offset + i],
-                    alpha=float(p["fb_consistency_alpha"]), beta=float(p["fb_consistency_beta"]),
-                    min_mask_ratio=float(p["min_mask_ratio"]), quantile=float(p["pair_quantile"]),
-                )
+            for i in range(len(idx) - 1):
+                error, info = errors_of_pairs[offset + i]
                 pairs.append({"pair": [idx[i], idx[i + 1]], "error": error, **info})
                 if info["mask"] == "in_bounds":
                     fallbacks.append(
@@ -90,7 +95,7 @@ class TemporalFlickering(Metric):
                     )
                 if error is not None:
                     errors.append(error)
-            offset += len(frames) - 1
+            offset += len(idx) - 1
             item["pairs"] = pairs
             raw = segment_raw_error(errors, float(p["segment_quantile"]))
             if raw is None:

@@ -40,7 +40,6 @@ REQUIRED_PARAMS: tuple[str, ...] = (
     "backbone", "anchor_low", "anchor_high", "clip_len", "num_clips", "frame_interval",
     "fragments_grid", "fragment_size", "fragment_seed",
 )
-DEFAULT_BATCH_SIZE = 4
 
 
 class Vtss(Metric):
@@ -57,7 +56,7 @@ class Vtss(Metric):
         low, high = float(p["anchor_low"]), float(p["anchor_high"])
         clip_len, num_clips, interval = int(p["clip_len"]), int(p["num_clips"]), int(p["frame_interval"])
         grid, patch, seed = int(p["fragments_grid"]), int(p["fragment_size"]), int(p["fragment_seed"])
-        batch_size = int(p.get("batch_size", DEFAULT_BATCH_SIZE))
+        batch_size = self.batch_size
         if video.num_segments == 0:
             return MetricResult.failed("the video has no segment")
         scorer = None

@@ -21,7 +21,6 @@ from narrastream.video.samplers import quartile_indices
 if TYPE_CHECKING:
     from narrastream.video.segments import SegmentedVideo
 
-DEFAULT_BATCH_SIZE = 32
 
 
 class ConditionalMetric(Metric):
@@ -49,8 +48,7 @@ class ConditionalMetric(Metric):
         sampled = [video.frames_at(k, idx) for k, idx in enumerate(indices) if idx]
         embedder = ctx.backbones.get(self.params["backbone"])
         if sampled:
-            features = embedder.embed(np.concatenate(sampled),
-                                      batch_size=int(self.params.get("batch_size", DEFAULT_BATCH_SIZE)))
+            features = embedder.embed(np.concatenate(sampled), batch_size=self.batch_size)
         else:
             features = torch.empty(0, embedder.dim)
         per_segment = features.split([len(idx) for idx in indices])

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from narrastream.video.segments import SegmentedVideo
 
 REQUIRED_PARAMS: tuple[str, ...] = ("backbone", "raft_iters", "window", "flow_tolerance_abs", "flow_tolerance_rel")
-DEFAULT_BATCH_SIZE = 8
 
 
 class BoundarySmoothness(Metric):
@@ -53,19 +52,20 @@ class BoundarySmoothness(Metric):
             if len(left_idx) < 2 or len(right_idx) < 2:
                 item.update(status="skipped", reason="a window has fewer than 2 frames")
                 continue
-            left = video.frames_at(k, left_idx[-2:])
-            right = video.frames_at(k + 1, right_idx[:2])
+            (l0, l1), (r0, r1) = video.positions(k, left_idx[-2:]), video.positions(k + 1, right_idx[:2])
             # pairs: left (last-1 -> last of k), boundary (last of k -> first of k+1), right (first -> second of k+1)
-            firsts.append(np.stack((left[0], left[1], right[0])))
-            seconds.append(np.stack((left[1], right[0], right[1])))
+            firsts.append(np.array((l0, l1, r0)))
+            seconds.append(np.array((l1, r0, r1)))
             seams.append(k)
         if not seams:
             reason = ("a single segment has no seam" if video.num_segments < 2
                       else "no seam could be computed (every window has fewer than 2 frames)")
             return MetricResult.failed(reason, seams=items)
-        flows = ctx.backbones.get(p["backbone"]).flow(
-            np.concatenate(firsts), np.concatenate(seconds),
-            iters=int(p["raft_iters"]), batch_size=int(p.get("batch_size", DEFAULT_BATCH_SIZE)),
+        raft = ctx.backbones.get(p["backbone"])
+        device = getattr(raft, "device", None)  # on a GPU the frames are gathered where RAFT runs
+        flows = raft.flow(
+            video.take(np.concatenate(firsts), device), video.take(np.concatenate(seconds), device),
+            iters=int(p["raft_iters"]), batch_size=self.batch_size, keep_on_device=True,
         )
         magnitudes = mean_flow_magnitude(flows).view(-1, 3).tolist()
         scores: list[float] = []
