@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -23,6 +21,7 @@ from typing import Any, ClassVar, Sequence
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from narrastream.data.script import Script
+from narrastream.jsonio import write_json_atomic  # noqa: F401 - re-exported: adapters write sidecars with it
 
 log = logging.getLogger(__name__)
 
@@ -263,21 +262,6 @@ def _reprobe(side: Path, data: dict[str, Any], video: GeneratedVideo) -> Generat
     result = GeneratedVideo.from_sidecar(refreshed, side)
     result.path = video.path
     return result
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; sidecars are meant to be shared
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:  # a full disk, a kill: no half-written temporary file is left behind
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class AdapterConfigError(ValueError):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from narrastream import __version__
-from narrastream.adapters.base import write_json_atomic
+from narrastream.jsonio import write_json_atomic
 
 
 class RunDirError(RuntimeError):
