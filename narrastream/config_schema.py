@@ -57,6 +57,11 @@ DEVICE_TEXT = "auto, cpu, cuda, cuda:N or mps"
 BackbonePrecision = Literal["auto", "fp32", "fp16", "bf16", "tf32"]
 
 
+def _listed_twice(values: list[Any]) -> list[Any]:
+    """The values that occur more than once, sorted."""
+    return sorted({v for v in values if values.count(v) > 1})
+
+
 class Section(BaseModel):
     # Extra keys are checked by _unknown_keys (against the schema and config.yaml), not here.
     model_config = ConfigDict(extra="allow")
@@ -69,8 +74,7 @@ class RunSection(Section):
     @field_validator("seeds")
     @classmethod
     def _distinct(cls, seeds: list[int]) -> list[int]:
-        twice = sorted({s for s in seeds if seeds.count(s) > 1})
-        if twice:
+        if twice := _listed_twice(seeds):
             raise _problem(f"run.seeds={_show(seeds)}: seed {twice[0]} is listed twice (each seed is one video)")
         return seeds
 
@@ -206,8 +210,7 @@ class ProtocolSection(Section):
     @field_validator("run_metrics")
     @classmethod
     def _distinct(cls, names: list[str]) -> list[str]:
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
+        if twice := _listed_twice(names):
             raise _problem(f"protocol.run_metrics={_show(names)}: {twice[0]!r} is listed twice")
         return names
 
