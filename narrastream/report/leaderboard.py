@@ -93,7 +93,7 @@ def leaderboard_from(results: ResultSet, *, with_reference: bool = False,
         table.insert(2, "source", "run")
     if with_reference:
         table = pd.concat([table, load_reference(dims)], ignore_index=True)
-    table.attrs["invalid_records"] = dict(results.invalid_records)
+    table.attrs["invalid_records"] = results.invalid_records  # kept by the reordering below (pandas attrs)
     if table.empty:
         return table
     table[scaled] = table[scaled].astype(float).round(2)
@@ -106,7 +106,6 @@ def leaderboard_from(results: ResultSet, *, with_reference: bool = False,
     table = table.loc[[*order, *rest]].reset_index(drop=True)
     table["rank"] = table["rank"].astype("Int64")
     table.attrs["dimensions"] = {k: list(v) for k, v in dims.items()}
-    table.attrs["invalid_records"] = dict(results.invalid_records)
     if bootstrap is not None:
         table.attrs["bootstrap"] = bootstrap
     return table

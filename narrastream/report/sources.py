@@ -74,7 +74,11 @@ class ResultSet:
     records: list[Record]
     origin: dict[int, int]  # id(record) -> index into sources
     dimensions: dict[str, list[str]]
-    invalid_records: dict[str, int] = field(default_factory=dict)  # records file -> lines skipped as invalid
+
+    @property
+    def invalid_records(self) -> dict[str, int]:
+        """Per records file of every source, the lines skipped because they are not valid records."""
+        return {path: n for source in self.sources for path, n in source.invalid_records.items()}
 
     def source_of(self, record: Record) -> Source:
         return self.sources[self.origin[id(record)]]
@@ -164,8 +168,7 @@ def load_results(paths: Sequence[Path | str], *, with_videos: bool = True) -> Re
         if _plain(source.dimensions) != _plain(dims):
             raise ValueError(f"{source.path}: its protocol's dimensions differ from {sources[0].path}'s; "
                              "cannot share a leaderboard")
-    invalid = {path: n for source in sources for path, n in source.invalid_records.items()}
-    return ResultSet(sources, records, origin, {k: list(v) for k, v in dims.items()}, invalid)
+    return ResultSet(sources, records, origin, {k: list(v) for k, v in dims.items()})
 
 
 def _plain(dims: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
